@@ -1,0 +1,122 @@
+"""RecBole ``Config`` that knows the plugin's models, property files and data folder."""
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from recbole.config import Config
+
+from recbole_llmesr.compat import apply_numpy_shim
+from recbole_llmesr.registry import get_model
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+RECBOLE_ML100K_DIR = Path(__import__("recbole").__file__).resolve().parent / "dataset_example" / "ml-100k"
+
+
+def properties_dir() -> Path:
+    """Where the plugin's YAML defaults live.
+
+    A regular install maps the repository's ``properties/`` into the package; an editable install
+    leaves it beside the package.
+    """
+    for candidate in (_PACKAGE_DIR / "properties", _PACKAGE_DIR.parent / "properties"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"recbole_llmesr's properties/ folder is missing beside {_PACKAGE_DIR}")
+
+
+class LLMESRConfig(Config):
+    """RecBole's Config with the plugin's model lookup and YAML defaults.
+
+    Precedence is RecBole's: command line > ``config_dict`` > ``config_file_list`` > plugin YAML
+    (``properties/overall.yaml``, ``properties/model/<Model>.yaml``, ``properties/dataset/<dataset>.yaml``)
+    > RecBole's own YAML.
+    """
+
+    def compatibility_settings(self):
+        apply_numpy_shim()  # RecBole's version assumes numpy < 2
+        super().compatibility_settings()
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None and "model" in self.external_config_dict:
+            model = self.external_config_dict["model"]
+        if isinstance(model, str):
+            # Resolve here so that the plugin's classes win and unknown names get a helpful error.
+            model = get_model(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        props = properties_dir()
+        # A model may name shared property files (the LLM-ESR mechanism's keys) to load before its own.
+        shared = [props / "model" / f"{name}.yaml" for name in getattr(model_class, "property_files", ())]
+        files = [props / "overall.yaml", *shared, props / "model" / f"{model}.yaml", props / "dataset" / f"{dataset}.yaml"]
+        for file in files:
+            if file.is_file():
+                loaded = self._update_internal_config_dict(str(file))
+                if loaded and file.parent.name == "dataset":
+                    self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self):
+        data_root = self.final_config_dict["data_path"]
+        if self.final_config_dict.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
+            # RecBole's default (1 uniform negative) is rejected for CE models, so stock
+            # `run_recbole --model=SASRec` fails unless the user adds --train_neg_sample_args=None.
+            self.final_config_dict["train_neg_sample_args"] = None
+        super()._set_default_parameters()
+        if self.dataset == "ml-100k":
+            # RecBole always reads its bundled ml-100k; prefer a prepared copy under data_path if present.
+            prepared = Path(data_root) / "ml-100k"
+            has_copy = (prepared / "ml-100k.inter").is_file()
+            self.final_config_dict["data_path"] = str(prepared if has_copy else RECBOLE_ML100K_DIR)
+
+    def _init_device(self):
+        if "local_rank" in self.final_config_dict and not self._use_cuda():
+            self._init_cpu_distributed()
+        else:
+            super()._init_device()
+
+    def _use_cuda(self) -> bool:
+        gpu_id = self.final_config_dict["gpu_id"]
+        return self.final_config_dict.get("use_gpu", True) and len(str(gpu_id)) > 0 and torch.cuda.is_available()
+
+    def _init_cpu_distributed(self) -> None:
+        """DDP over gloo: RecBole hard-codes NCCL and CUDA devices."""
+        cfg = self.final_config_dict
+        cfg["gpu_id"] = str(cfg["gpu_id"])
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=cfg["local_rank"] + cfg["offset"],
+            world_size=cfg["world_size"],
+            init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+        )
+        cfg["device"] = torch.device("cpu")
+        cfg["single_spec"] = False
+        if cfg["local_rank"] != 0:
+            cfg["state"] = "error"
+            cfg["show_progress"] = False
+            cfg["verbose"] = False
+
+    def to_dict(self) -> dict:
+        """The final configuration as plain Python data (safe for JSON and ``weights_only`` loading)."""
+        return {k: _plain(v) for k, v in self.final_config_dict.items()}
+
+
+def _plain(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def make_config(model=None, dataset: Optional[str] = None, config_file_list=None, config_dict=None) -> LLMESRConfig:
+    """Build the configuration the way ``run_recbole`` does (also reads ``--key=value`` from ``sys.argv``)."""
+    return LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)

@@ -1,0 +1,300 @@
+"""LLM-ESR's dual-view modelling and retrieval-augmented self-distillation, for any sequence encoder.
+
+A backbone binds to ``DualViewRecommender`` by building its encoder in ``build_encoder`` and, when it
+is not left-to-right, by overriding how training positions and the user position are chosen.
+"""
+import copy
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_llmesr.dataset import LLMESRDataset, longest_prefix_rows
+from recbole_llmesr.model.layers import CrossAttention, attention_mask, init_weights
+
+TRAIN_MODES = ("prefix", "sequence")
+LOSS_TYPES = ("CE", "BPR", "BCE")
+TEACHER_MODES = ("memory_bank", "online")
+ID_INITS = ("pca", "random")
+
+
+class DualViewRecommender(SequentialRecommender):
+    """Base class of the LLM-ESR models.
+
+    - Semantic view: frozen LLM item embeddings through a two-layer adapter (d -> d/2 -> hidden).
+    - Collaborative view: trainable ID embeddings, initialised by PCA of the LLM embeddings.
+    - Both views run through one shared encoder (or two), fused at sequence level by two
+      cross-attention modules and at logit level by concatenation: the score is
+      ``<concat(h_collab, h_sem), concat(e_id, adapter(e_llm))>``.
+    - Self-distillation adds ``alpha * MSE(user, mean of similar users)`` with the similar users found
+      offline from LLM user embeddings; the teacher comes from a memory bank or an online forward pass.
+    """
+
+    input_type = InputType.POINTWISE
+    dataset_class = LLMESRDataset
+    property_files = ("LLMESR",)  # properties/model/LLMESR.yaml, then the backbone's own file
+
+    @classmethod
+    def prepare_data(cls, config) -> None:
+        """Build the dataset's LLM artefacts if they are missing or stale (no-op when fresh)."""
+        from recbole_llmesr.preprocess import ensure_prepared
+        ensure_prepared(config)
+
+    causal = True  # left-to-right backbones; bidirectional ones override
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.n_users = dataset.user_num
+        self.train_mode = _choice(config, "train_mode", TRAIN_MODES)
+        self.loss_type = _choice(config, "loss_type", LOSS_TYPES)
+        self.use_semantic_view = _flag(config, "use_semantic_view")
+        self.use_collab_view = _flag(config, "use_collab_view")
+        self.use_cross_attention = _flag(config, "use_cross_attention")
+        self.shared_encoder = _flag(config, "shared_encoder")
+        self.id_init = _choice(config, "id_init", ID_INITS)
+        self.use_distillation = _flag(config, "use_distillation")
+        self.alpha = _number(config, "alpha", float)
+        self.sim_user_num = _number(config, "sim_user_num", int)
+        self.teacher_mode = _choice(config, "teacher_mode", TEACHER_MODES)
+        self.teacher_refresh_steps = _number(config, "teacher_refresh_steps", int)
+        self.initializer_range = config["initializer_range"]
+        if not (self.use_semantic_view or self.use_collab_view):
+            raise ValueError("At least one of use_semantic_view and use_collab_view must be True")
+
+        self.views: List[str] = [v for v, on in (("collab", self.use_collab_view), ("semantic", self.use_semantic_view)) if on]
+        self.n_tokens = self.n_items + self.extra_tokens()
+        llm = dataset.llm_item_emb
+        if llm is not None:
+            # Extra tokens (e.g. [MASK]) have no text: a zero row, like [PAD].
+            llm = torch.cat([llm, llm.new_zeros(self.n_tokens - len(llm), llm.size(1))])
+            self.register_buffer("llm_item_emb", llm)  # frozen, and saved with the model for serving
+        if self.use_semantic_view:
+            d = llm.size(1)
+            adapter_hidden = config["adapter_hidden_size"] or d // 2
+            self.adapter = nn.Sequential(nn.Linear(d, adapter_hidden), nn.Linear(adapter_hidden, self.hidden_size))
+        if self.use_collab_view:
+            self.item_embedding = nn.Embedding(self.n_tokens, self.hidden_size, padding_idx=0)
+
+        encoder = self.build_encoder(config)
+        self.encoders = nn.ModuleDict(
+            {view: encoder if self.shared_encoder or i == 0 else copy.deepcopy(encoder) for i, view in enumerate(self.views)}
+        )
+        if self.use_cross_attention and len(self.views) == 2:
+            heads = config["cross_attention_heads"]
+            self.semantic_to_collab = CrossAttention(self.hidden_size, heads)  # semantic queries, collab keys
+            self.collab_to_semantic = CrossAttention(self.hidden_size, heads)
+
+        self.apply(lambda m: init_weights(m, self.initializer_range))
+        if self.use_collab_view and self.id_init == "pca":
+            self.item_embedding.weight.data.copy_(self._pca_init(llm))
+
+        if self.use_distillation:
+            self._init_teacher(dataset)
+
+    # ---- hooks for backbones -------------------------------------------------------------------
+
+    def build_encoder(self, config) -> nn.Module:
+        """The sequence encoder: ``prepare(x, item_seq)`` then ``forward(x, item_seq, mask)``."""
+        raise NotImplementedError
+
+    def extra_tokens(self) -> int:
+        """Tokens beyond the item ids (BERT4Rec's [MASK])."""
+        return 0
+
+    def training_positions(self, item_seq, item_seq_len, pos_items):
+        """Input sequence, supervised positions ``[B, P]``, their targets ``[B, P]`` and validity.
+
+        Left-to-right backbones: the last position (``prefix``) or every position (``sequence``).
+        """
+        if self.train_mode == "prefix":
+            return item_seq, (item_seq_len - 1).unsqueeze(1), pos_items.unsqueeze(1), torch.ones_like(pos_items, dtype=torch.bool).unsqueeze(1)
+        targets = torch.cat([item_seq[:, 1:], torch.zeros_like(item_seq[:, :1])], dim=1)
+        targets = targets.scatter(1, (item_seq_len - 1).unsqueeze(1), pos_items.unsqueeze(1))
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).expand_as(item_seq)
+        return item_seq, positions, targets, positions < item_seq_len.unsqueeze(1)
+
+    def user_position(self, item_seq, item_seq_len) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The input to encode for inference and the position whose state is the user representation."""
+        return item_seq, item_seq_len - 1
+
+    # ---- the mechanism ------------------------------------------------------------------------
+
+    def _pca_init(self, llm: torch.Tensor) -> torch.Tensor:
+        from sklearn.decomposition import PCA
+
+        items = llm[1 : self.n_items].numpy()
+        if self.hidden_size > min(items.shape):
+            raise ValueError(
+                f"id_init=pca needs hidden_size ({self.hidden_size}) <= min(#items, LLM dimension) = "
+                f"{min(items.shape)}; lower hidden_size or set id_init: random"
+            )
+        table = torch.zeros(self.n_tokens, self.hidden_size)
+        table[1 : self.n_items] = torch.from_numpy(PCA(n_components=self.hidden_size, random_state=0).fit_transform(items))
+        return table
+
+    def view_tables(self) -> List[torch.Tensor]:
+        """Per-view token tables ``[n_tokens, hidden]``; the adapter runs once over all items, not per token."""
+        tables = []
+        for view in self.views:
+            tables.append(self.item_embedding.weight if view == "collab" else self.adapter(self.llm_item_emb))
+        return tables
+
+    def encode(self, item_seq: torch.Tensor, tables: List[torch.Tensor]) -> torch.Tensor:
+        """Hidden states ``[B, L, hidden * n_views]`` for every position."""
+        mask = attention_mask(item_seq, self.causal)
+        inputs = [self.encoders[v].prepare(F.embedding(item_seq, t), item_seq) for v, t in zip(self.views, tables)]
+        if len(inputs) == 2 and self.use_cross_attention:
+            collab, semantic = inputs
+            inputs = [self.semantic_to_collab(semantic, collab, mask), self.collab_to_semantic(collab, semantic, mask)]
+        return torch.cat([self.encoders[v](x, item_seq, mask) for v, x in zip(self.views, inputs)], dim=-1)
+
+    def item_table(self, tables: List[torch.Tensor]) -> torch.Tensor:
+        """Scoring vectors of the real items ``[n_items, hidden * n_views]``."""
+        return torch.cat(tables, dim=-1)[: self.n_items]
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, tables=None) -> torch.Tensor:
+        """User representations ``[B, hidden * n_views]``."""
+        tables = self.view_tables() if tables is None else tables
+        item_seq, position = self.user_position(item_seq, item_seq_len)
+        return self.gather_indexes(self.encode(item_seq, tables), position)
+
+    def calculate_loss(self, interaction):
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        pos_items = interaction[self.POS_ITEM_ID]
+        tables = self.view_tables()
+        items = self.item_table(tables)
+        seq, positions, targets, valid = self.training_positions(item_seq, item_seq_len, pos_items)
+        hidden = self.encode(seq, tables)
+        h = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))[valid]
+        loss = self._rec_loss(h, targets[valid], items, item_seq, pos_items, valid)
+        if self.use_distillation and self.alpha > 0:
+            if self.causal and self.train_mode == "prefix":
+                student = h  # the last position is the user representation: no second pass needed
+            elif self.causal:
+                student = self.gather_indexes(hidden, item_seq_len - 1)
+            else:
+                student = self.forward(item_seq, item_seq_len, tables)
+            loss = loss + self.alpha * self.distillation_loss(interaction[self.USER_ID], student)
+        return loss
+
+    def _rec_loss(self, h, targets, items, item_seq, pos_items, valid) -> torch.Tensor:
+        if self.loss_type == "CE":
+            return F.cross_entropy(h @ items.T, targets)
+        history = torch.cat([item_seq, pos_items.unsqueeze(1)], dim=1)
+        negatives = self._sample_negatives(history, valid.size(1))[valid]
+        pos_score = (h * items[targets]).sum(-1)
+        neg_score = (h * items[negatives]).sum(-1)
+        if self.loss_type == "BPR":
+            return -F.logsigmoid(pos_score - neg_score).mean()
+        return F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score)) + F.binary_cross_entropy_with_logits(
+            neg_score, torch.zeros_like(neg_score)
+        )
+
+    def _sample_negatives(self, history: torch.Tensor, n: int, rounds: int = 10) -> torch.Tensor:
+        """``[B, n]`` uniform items not in each user's history (rejection sampling, a few rounds)."""
+        neg = torch.randint(1, self.n_items, (history.size(0), n), device=history.device)
+        for _ in range(rounds):
+            clash = (neg.unsqueeze(-1) == history.unsqueeze(1)).any(-1)
+            if not clash.any():
+                break
+            neg[clash] = torch.randint(1, self.n_items, (int(clash.sum()),), device=history.device)
+        return neg
+
+    def predict(self, interaction):
+        user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        items = self.item_table(self.view_tables())[interaction[self.ITEM_ID]]
+        return (user * items).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        tables = self.view_tables()
+        user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], tables)
+        return user @ self.item_table(tables).T
+
+    # ---- retrieval-augmented self-distillation --------------------------------------------------
+
+    def _init_teacher(self, dataset) -> None:
+        if dataset.sim_users is None:
+            raise ValueError("use_distillation needs the similar-user lists (<dataset>.sim_users.npz)")
+        self.register_buffer("sim_users", dataset.sim_users[:, : self.sim_user_num].clone(), persistent=False)
+        # Each user's teacher input: its longest training prefix (the training history minus its last
+        # item), never a validation or test item.
+        inter = dataset.inter_feat
+        uid, seq, length = inter[self.USER_ID], inter[self.ITEM_SEQ], inter[self.ITEM_SEQ_LEN]
+        rows = torch.from_numpy(longest_prefix_rows(uid.numpy(), length.numpy()))
+        teacher_seq = torch.zeros(self.n_users, seq.size(1), dtype=torch.long)
+        teacher_len = torch.zeros(self.n_users, dtype=torch.long)
+        teacher_seq[uid[rows]] = seq[rows]
+        teacher_len[uid[rows]] = length[rows]
+        self.register_buffer("teacher_seq", teacher_seq, persistent=False)
+        self.register_buffer("teacher_len", teacher_len, persistent=False)
+        width = self.hidden_size * len(self.views)
+        self.register_buffer("user_bank", torch.zeros(self.n_users, width), persistent=False)
+        self.bank_fresh = False
+        self.steps_since_refresh = 0
+
+    def on_epoch_start(self) -> None:
+        """Called by the trainer before each training epoch."""
+        if self.use_distillation and self.teacher_refresh_steps <= 0:
+            self.bank_fresh = False
+
+    @torch.no_grad()
+    def refresh_user_bank(self, batch_size: int = 1024) -> None:
+        """Recompute every user's representation (the teacher memory bank) in eval mode."""
+        was_training = self.training
+        self.eval()
+        tables = self.view_tables()
+        users = torch.nonzero(self.teacher_len > 0).squeeze(1)
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            self.user_bank[batch] = self.forward(self.teacher_seq[batch], self.teacher_len[batch], tables)
+        self.train(was_training)
+        self.bank_fresh = True
+        self.steps_since_refresh = 0
+
+    def teacher(self, user_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean representation of each user's similar users, and which users have any."""
+        neighbors = self.sim_users[user_ids]  # [B, N], 0 = none
+        valid = (neighbors > 0) & (self.teacher_len[neighbors] > 0)
+        if self.teacher_mode == "memory_bank":
+            if not self.bank_fresh or 0 < self.teacher_refresh_steps <= self.steps_since_refresh:
+                self.refresh_user_bank()
+            self.steps_since_refresh += 1
+            reps = self.user_bank[neighbors]
+        else:  # the official code's online teacher: encode the N similar users with every batch
+            with torch.no_grad():
+                flat = neighbors.reshape(-1)
+                reps = self.forward(self.teacher_seq[flat], self.teacher_len[flat].clamp(min=1)).view(*neighbors.shape, -1)
+        weights = valid.unsqueeze(-1).float()
+        mean = (reps * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return mean.detach(), valid.any(1)
+
+    def distillation_loss(self, user_ids: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+        target, has_teacher = self.teacher(user_ids)
+        if not has_teacher.any():
+            return student.new_zeros(())
+        return F.mse_loss(student[has_teacher], target[has_teacher])
+
+
+def _flag(config, key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise TypeError(f"Config key '{key}' must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _choice(config, key: str, choices) -> str:
+    value = config[key]
+    if value not in choices:
+        raise ValueError(f"Config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _number(config, key: str, kind):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise TypeError(f"Config key '{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+    return kind(value)

@@ -1,0 +1,123 @@
+"""Train and test a model end to end, the plugin's way.
+
+Mirrors ``recbole.quick_start`` (same arguments, same result dict) without importing it: that module
+imports ray, which breaks on current setuptools and numpy.
+"""
+import logging
+import sys
+from collections.abc import MutableMapping
+from logging import getLogger
+from typing import Any, Dict, List, Optional, Union
+
+import torch.distributed as dist
+from recbole.data import data_preparation
+from recbole.utils import ensure_dir, get_environment, init_logger, init_seed, set_color
+
+from recbole_llmesr.config import LLMESRConfig
+from recbole_llmesr.registry import create_dataset, get_model, get_trainer
+
+
+def run(
+    model: Union[str, type],
+    dataset: str,
+    config_file_list: Optional[List[str]] = None,
+    config_dict: Optional[Dict[str, Any]] = None,
+    saved: bool = True,
+    nproc: int = 1,
+    world_size: int = -1,
+    ip: str = "localhost",
+    port: str = "5678",
+    group_offset: int = 0,
+) -> Optional[dict]:
+    """Run one process, or spawn ``nproc`` DDP workers (gloo on CPU, NCCL on GPU)."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole(model, dataset, config_file_list, config_dict, saved)
+
+    import torch.multiprocessing as mp
+
+    world_size = nproc if world_size == -1 else world_size
+    config_dict = dict(config_dict or {})
+    config_dict.update({"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset})
+    # Ranks race to create these folders; make them once here.
+    for folder in (config_dict.get("checkpoint_dir", "saved"), "log", "log_tensorboard"):
+        ensure_dir(folder)
+    queue = mp.get_context("spawn").SimpleQueue()
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    # The spawned target lives in this package so each worker imports the plugin (models, numpy shim).
+    mp.spawn(run_recboles, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def run_recbole(
+    model: Union[str, type, None] = None,
+    dataset: Optional[str] = None,
+    config_file_list: Optional[List[str]] = None,
+    config_dict: Optional[Dict[str, Any]] = None,
+    saved: bool = True,
+    queue=None,
+) -> dict:
+    """Train ``model`` on ``dataset``, reload the best checkpoint and test it.
+
+    Returns RecBole's result dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``
+    and ``test_result``.
+    """
+    config = LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    prepare = getattr(config.model_class, "prepare_data", None)
+    if prepare is not None:
+        prepare(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    _close_log_handlers()
+    return result
+
+
+def run_recboles(rank: int, *args) -> None:
+    """``torch.multiprocessing.spawn`` target: one DDP worker."""
+    kwargs = args[-1]
+    if not isinstance(kwargs, MutableMapping):
+        raise ValueError(f"The last argument of run_recboles must be a dict, got {type(kwargs)}")
+    kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
+    run_recbole(*args[:3], **kwargs)
+
+
+def _close_log_handlers() -> None:
+    # init_logger adds a file handler per run; close them so repeated runs in one process (tests,
+    # comparisons) neither leak file descriptors nor write into the previous run's log.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            root.removeHandler(handler)

@@ -1,0 +1,114 @@
+"""RecBole trainer with checkpoints that load under ``torch.load(weights_only=True)``.
+
+Stock RecBole pickles its whole ``Config`` into every checkpoint. torch >= 2.6 refuses to load that by
+default, so stock ``run_recbole`` trains and then crashes when it reloads the best model. Here a
+checkpoint holds only tensors and plain Python data (the config as a plain dict), so loading it can
+never execute code, and a file that carries arbitrary pickled objects is refused.
+"""
+import os
+import pickle
+
+import torch
+from recbole.trainer import Trainer as RecBoleTrainer
+from recbole.utils import set_color
+from torch.nn.parallel import DistributedDataParallel
+
+from recbole_llmesr.compat import disable_anomaly_mode
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds objects other than tensors and plain data."""
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a clear error if it carries pickled objects."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"Refusing to load {path}: it contains pickled Python objects, not only tensors and plain data "
+            f"(written by stock RecBole or tampered with). Retrain with recbole_llmesr, or load it yourself "
+            f"with torch.load(weights_only=False) only if you trust where it came from. Detail: {err}"
+        ) from err
+
+
+class SafeCheckpointMixin:
+    """Checkpoint saving, resuming and best-model loading without pickled objects.
+
+    Mixed into RecBole's generic ``Trainer`` and into model-specific trainers alike. Also keeps autograd
+    anomaly detection off and runs CPU DDP over gloo (RecBole's wrapper passes CUDA ``device_ids``).
+    """
+
+    def __init__(self, config, model):
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:
+            config["single_spec"] = True  # skip the parent's CUDA-only DDP wrapper, then wrap for CPU
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_ddp:
+                config["single_spec"] = False
+        if cpu_ddp:
+            self.distributed_model = DistributedDataParallel(self.model)
+        disable_anomaly_mode()
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        # Models with per-epoch state (the LLM-ESR teacher memory bank) refresh it here.
+        hook = getattr(self.model, "on_epoch_start", None)
+        if hook is not None:
+            hook()
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def _checkpoint_state(self, epoch: int) -> dict:
+        to_dict = getattr(self.config, "to_dict", None)
+        config = to_dict() if to_dict else {k: str(v) for k, v in self.config.final_config_dict.items()}
+        return {
+            "config": config,
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        # Write then rename: an interrupted save never leaves a truncated best model behind.
+        tmp = f"{saved_model_file}.tmp"
+        torch.save(self._checkpoint_state(epoch), tmp)
+        os.replace(tmp, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                f"Checkpoint {resume_file} was trained with model {checkpoint['config']['model']}, "
+                f"not {self.config['model']}; loading its state_dict may fail."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+class Trainer(SafeCheckpointMixin, RecBoleTrainer):
+    """RecBole's ``Trainer`` with safe checkpoints; used for the plugin's models and RecBole baselines."""

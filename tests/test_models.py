@@ -1,0 +1,247 @@
+"""Issue 3: the LLM-ESR models — alignment, frozen table, causality, scoring, switches, distillation."""
+import numpy as np
+import pytest
+import torch
+from conftest import build
+
+from recbole_llmesr.artifacts import ArtifactError, artifact_path, save_embeddings, write_manifest
+from recbole_llmesr.quick_start import run_recbole
+
+MODELS = ["LLMESR_SASRec", "LLMESR_GRU4Rec", "LLMESR_BERT4Rec"]
+
+
+def _batch(train, n=8):
+    return next(iter(train)).to("cpu")[torch.arange(n)]
+
+
+def test_embeddings_align_by_original_token(tiny):
+    _, model, (train, _, _) = build("LLMESR_SASRec", tiny["config"])
+    data = train._dataset
+    assert torch.all(data.llm_item_emb[0] == 0)  # [PAD]
+    for token, vector in zip(tiny["items"], tiny["item_emb"]):  # the file stores them shuffled
+        internal = data.token2id(data.iid_field, token)
+        assert torch.allclose(data.llm_item_emb[internal], torch.from_numpy(vector))
+        assert torch.allclose(model.llm_item_emb[internal], torch.from_numpy(vector))
+
+
+def test_sim_users_map_to_internal_ids(tiny):
+    _, _, (train, _, _) = build("LLMESR_SASRec", tiny["config"])
+    data = train._dataset
+    for row, user in enumerate(tiny["users"][:5]):
+        expected = [data.token2id(data.uid_field, tiny["users"][j]) for j in tiny["neighbors"][row][:10]]
+        assert data.sim_users[data.token2id(data.uid_field, user)][:10].tolist() == expected
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_frozen_table_and_gradients(model_name, tiny):
+    _, model, (train, _, _) = build(model_name, {**tiny["config"], "hidden_dropout_prob": 0.0})
+    frozen = model.llm_item_emb.clone()
+    assert "llm_item_emb" not in dict(model.named_parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for batch in list(train)[:3]:
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        optimizer.step()
+    assert torch.equal(model.llm_item_emb, frozen)
+    for prefix in ("adapter.", "item_embedding.", "encoders."):
+        assert any(n.startswith(prefix) and g is not None and g.abs().sum() > 0 for n, g in grads.items()), prefix
+
+
+@pytest.mark.parametrize("model_name", ["LLMESR_SASRec", "LLMESR_GRU4Rec"])
+def test_later_items_never_change_earlier_positions(model_name, tiny):
+    _, model, (train, _, _) = build(model_name, tiny["config"])
+    model.eval()
+    batch = _batch(train)
+    seq = batch["item_id_list"].clone()
+    seq[:, :6] = torch.randint(1, model.n_items, (len(seq), 6))
+    changed = seq.clone()
+    changed[:, 4:6] = torch.randint(1, model.n_items, (len(seq), 2))
+    with torch.no_grad():
+        tables = model.view_tables()
+        before, after = model.encode(seq, tables), model.encode(changed, tables)
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-5)
+    assert not torch.allclose(before[:, 4:6], after[:, 4:6])
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_predict_equals_full_sort_columns(model_name, tiny):
+    _, model, (train, _, test) = build(model_name, tiny["config"])
+    model.eval()
+    batch = _batch(train)
+    with torch.no_grad():
+        full = model.full_sort_predict(batch)
+        assert full.shape == (len(batch), model.n_items)
+        for item in (1, 5, model.n_items - 1):
+            batch["item_id"] = torch.full((len(batch),), item)
+            assert torch.allclose(model.predict(batch), full[:, item], atol=1e-5)
+
+
+SWITCHES = [
+    {"use_semantic_view": False},
+    {"use_collab_view": False},
+    {"use_cross_attention": False},
+    {"shared_encoder": False},
+    {"id_init": "random"},
+    {"use_distillation": False},
+]
+
+
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: next(iter(s)))
+def test_each_switch_changes_parameters_or_output(switch, tiny):
+    def outputs(overrides):
+        torch.manual_seed(0)
+        _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], **overrides})
+        model.eval()
+        batch = _batch(train)
+        with torch.no_grad():
+            return model, model.full_sort_predict(batch), model.calculate_loss(batch)
+
+    base, base_scores, base_loss = outputs({})
+    other, scores, loss = outputs(switch)
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}
+    if "use_distillation" in switch:  # no parameters of its own: it changes the loss
+        assert shapes(base) == shapes(other) and torch.allclose(base_scores, scores)
+        assert not torch.isclose(base_loss, loss)
+    elif "id_init" in switch:  # same parameters, different starting values
+        assert shapes(base) == shapes(other)
+        assert not torch.allclose(base.item_embedding.weight, other.item_embedding.weight)
+        assert not torch.allclose(base_scores, scores)
+    else:
+        assert shapes(base) != shapes(other)
+        assert base_scores.shape != scores.shape or not torch.allclose(base_scores, scores)
+
+
+def test_plain_backbone_needs_no_llm_artefacts(tmp_path):
+    from conftest import FAST, write_tiny_dataset
+
+    root = tmp_path / "dataset_atomic"
+    write_tiny_dataset(root)
+    plain = {"use_semantic_view": False, "id_init": "random", "use_distillation": False}
+    _, model, _ = build("LLMESR_SASRec", {**FAST, "data_path": str(root), **plain})
+    assert not hasattr(model, "llm_item_emb") and model.views == ["collab"]
+
+
+@pytest.mark.parametrize("mode", ["memory_bank", "online"])
+def test_training_lowers_distillation_loss(mode, tiny):
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "teacher_mode": mode, "alpha": 1.0})
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
+    batches = list(train)
+
+    def distill():
+        model.eval()
+        with torch.no_grad():
+            model.refresh_user_bank() if mode == "memory_bank" else None
+            return sum(float(model.distillation_loss(b["user_id"], model.forward(b["item_id_list"], b["item_length"]))) for b in batches)
+
+    start = distill()
+    for _ in range(15):
+        model.on_epoch_start()
+        model.train()
+        for batch in batches:
+            optimizer.zero_grad()
+            model.calculate_loss(batch).backward()
+            optimizer.step()
+    assert distill() < 0.7 * start
+
+
+def test_memory_bank_refresh_every_k_steps(tiny):
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "teacher_refresh_steps": 2})
+    batch = next(iter(train))
+    calls = []
+    original = model.refresh_user_bank
+    model.refresh_user_bank = lambda: (calls.append(1), original())
+    for _ in range(5):
+        model.calculate_loss(batch)
+    assert len(calls) == 3  # steps 0, 2 and 4
+
+
+def test_sequence_mode_keeps_one_row_per_user(tiny):
+    _, _, (seq_train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "train_mode": "sequence"})
+    _, _, (pre_train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "train_mode": "prefix"})
+    seq_users = seq_train._dataset.inter_feat["user_id"]
+    assert len(seq_users) == len(torch.unique(seq_users)) < len(pre_train._dataset.inter_feat)
+
+
+def test_sequence_targets_are_next_items(tiny):
+    _, model, _ = build("LLMESR_SASRec", {**tiny["config"], "train_mode": "sequence"})
+    seq = torch.tensor([[3, 4, 5, 0, 0]])
+    _, positions, targets, valid = model.training_positions(seq, torch.tensor([3]), torch.tensor([6]))
+    assert targets[valid].tolist() == [4, 5, 6]
+
+
+def test_negatives_avoid_history(tiny):
+    _, model, _ = build("LLMESR_SASRec", tiny["config"])
+    history = torch.arange(1, model.n_items - 2).expand(4, -1)  # leaves two items free
+    negatives = model._sample_negatives(history, 50, rounds=200)
+    assert set(negatives.flatten().tolist()) <= {model.n_items - 2, model.n_items - 1}
+
+
+def test_bad_artefacts_get_clear_errors(tiny):
+    folder = tiny["folder"]
+    path = artifact_path(folder, "tiny", "item_emb.npz")
+    items, emb = tiny["items"], tiny["item_emb"]
+
+    save_embeddings(path, items[1:], emb[1:])  # one item missing
+    with pytest.raises(ArtifactError, match=f"1 of {len(items)} items.*{items[0]}"):
+        build("LLMESR_SASRec", tiny["config"])
+
+    bad = emb.copy()
+    bad[3, 2] = np.nan
+    save_embeddings(path, items, bad)
+    with pytest.raises(ArtifactError, match=f"NaN or inf.*{items[3]}"):
+        build("LLMESR_SASRec", tiny["config"])
+
+    save_embeddings(path, items, emb)
+    write_manifest(folder, "tiny", {"dim": emb.shape[1] + 1})
+    with pytest.raises(ArtifactError, match="dimension 16, the manifest says 17"):
+        build("LLMESR_SASRec", tiny["config"])
+
+
+def test_pca_needs_hidden_size_within_llm_dimension(tiny):
+    with pytest.raises(ValueError, match="hidden_size \\(32\\) <= min"):
+        build("LLMESR_SASRec", {**tiny["config"], "hidden_size": 32})
+
+
+def test_wrong_yaml_types_are_rejected(tiny):
+    with pytest.raises(TypeError, match="'alpha' must be a number"):
+        build("LLMESR_SASRec", {**tiny["config"], "alpha": "0.1x"})
+    with pytest.raises(ValueError, match="train_mode"):
+        build("LLMESR_SASRec", {**tiny["config"], "train_mode": "prefixes"})
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("mode", ["prefix", "sequence"])
+def test_models_train_and_test_through_run_recbole(model_name, mode, tiny, tmp_path):
+    loss = "CE" if mode == "prefix" else "BCE"
+    result = run_recbole(model=model_name, dataset="tiny", config_dict={**tiny["config"], "train_mode": mode, "loss_type": loss})
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    (ckpt,) = (tmp_path / "saved").glob(f"{model_name}-*.pth")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert "llm_item_emb" in state and "user_bank" not in state
+
+
+@pytest.fixture
+def ml100k_small_embeddings(tmp_path):
+    """ml-100k copied from the recbole wheel with small random artefacts beside it."""
+    import shutil
+
+    from conftest import write_artifacts
+
+    from recbole_llmesr.config import RECBOLE_ML100K_DIR
+
+    folder = tmp_path / "dataset_atomic" / "ml-100k"
+    folder.mkdir(parents=True)
+    for ext in ("inter", "item"):
+        shutil.copy(RECBOLE_ML100K_DIR / f"ml-100k.{ext}", folder)
+    # The artefact writer reads tokens from columns 0 and 1 of the .inter file, as ml-100k has them.
+    write_artifacts(folder, "ml-100k", dim=32)
+    return {"epochs": 1, "show_progress": False, "hidden_size": 16, "MAX_ITEM_LIST_LENGTH": 20}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_ml100k_end_to_end(model_name, ml100k_small_embeddings, tmp_path):
+    result = run_recbole(model=model_name, dataset="ml-100k", config_dict=ml100k_small_embeddings)
+    assert 0.0 <= result["test_result"]["hit@10"] <= 1.0
+    assert list((tmp_path / "saved").glob(f"{model_name}-*.pth"))
