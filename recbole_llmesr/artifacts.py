@@ -11,12 +11,12 @@ In ``<data_path>/<dataset>/``:
 Everything is keyed by the *original* token, never by RecBole's internal id, which depends on load order.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from recbole_llmesr.fileio import atomic_write
 
 ITEM_EMB = "item_emb.npz"
 USER_EMB = "user_emb.npz"
@@ -32,27 +32,12 @@ def artifact_path(data_dir, dataset: str, kind: str) -> Path:
     return Path(data_dir) / f"{dataset}.{kind}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_embeddings(path, tokens: Sequence[str], embeddings: np.ndarray) -> None:
     embeddings = np.asarray(embeddings, dtype=np.float32)
     tokens = np.asarray([str(t) for t in tokens], dtype=np.str_)
     if embeddings.ndim != 2 or len(tokens) != len(embeddings):
         raise ArtifactError(f"{path}: {len(tokens)} tokens for embeddings of shape {embeddings.shape}")
-    _atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, embeddings=embeddings))
+    atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, embeddings=embeddings))
 
 
 def load_embeddings(path, expected_dim: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -81,7 +66,7 @@ def load_embeddings(path, expected_dim: Optional[int] = None) -> Tuple[np.ndarra
 def save_neighbors(path, tokens: Sequence[str], neighbors: np.ndarray) -> None:
     neighbors = np.asarray(neighbors, dtype=np.int64)
     tokens = np.asarray([str(t) for t in tokens], dtype=np.str_)
-    _atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, neighbors=neighbors))
+    atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, neighbors=neighbors))
 
 
 def load_neighbors(path) -> Tuple[np.ndarray, np.ndarray]:
@@ -112,7 +97,7 @@ def read_manifest(data_dir, dataset: str) -> Optional[dict]:
 
 def write_manifest(data_dir, dataset: str, manifest: dict) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-    _atomic_write(artifact_path(data_dir, dataset, MANIFEST), lambda f: f.write(text))
+    atomic_write(artifact_path(data_dir, dataset, MANIFEST), lambda f: f.write(text))
 
 
 def align_rows(tokens: np.ndarray, vectors: np.ndarray, id2token: Sequence[str], what: str, source) -> np.ndarray:

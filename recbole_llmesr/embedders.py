@@ -29,7 +29,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
+
+from recbole_llmesr.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -604,20 +605,6 @@ def identity_slug(identity: Dict[str, Any]) -> str:
     return f"{kind}__{model}__d{identity.get('dim', 'x')}__{digest}"
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class EmbeddingCache:
     """On-disk cache of embeddings, keyed by (embedder identity, sha256 of text).
 
@@ -645,29 +632,13 @@ class EmbeddingCache:
         self._seen: set[str] = set()
         manifest = self.dir / "identity.json"
         if not manifest.exists():
-            self._atomic_write(manifest, lambda f: f.write(
+            atomic_write(manifest, lambda f: f.write(
                 json.dumps(self.identity, sort_keys=True, indent=2).encode("utf-8")))
 
     def __len__(self) -> int:
         with self._lock:
             self._refresh()
             return len(self._index)
-
-    def _atomic_write(self, final: Path, write: Any) -> None:
-        fd, tmp = tempfile.mkstemp(dir=str(self.dir), prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(self.dir)
 
     def _load_chunk(self, path: Path) -> None:
         try:
@@ -728,7 +699,7 @@ class EmbeddingCache:
         keys = np.array([text_key(t) for t in texts], dtype="<U64")
         name = f"chunk-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         with self._lock:
-            self._atomic_write(self.dir / name, lambda f: np.savez(f, keys=keys, vectors=vectors))
+            atomic_write(self.dir / name, lambda f: np.savez(f, keys=keys, vectors=vectors))
             self._seen.add(name)
             self._add(keys, vectors.copy())
 

@@ -47,7 +47,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -57,6 +56,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
+
+from recbole_llmesr.fileio import atomic_write
 
 __all__ = [
     "RawDataset",
@@ -989,23 +990,11 @@ def _check_ids(values: Sequence[str], what: str) -> None:
 
 
 def _write_rows(path: str, header: List[str], rows) -> None:
-    dirname = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=dirname, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-            f.write("\t".join(header) + "\n")
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    def write(f) -> None:
+        f.write("\t".join(header) + "\n")
+        csv.writer(f, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(rows)
+
+    atomic_write(path, write, text=True)
 
 
 def write_atomic(ds: RawDataset, out_dir: Any) -> Dict[str, Any]:

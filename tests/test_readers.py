@@ -5,7 +5,6 @@ import inspect
 import json
 import os
 import re
-import warnings
 
 import numpy as np
 import pandas as pd
