@@ -24,3 +24,16 @@ def disable_anomaly_mode() -> None:
     """
     if torch.is_anomaly_enabled():
         torch.autograd.set_detect_anomaly(False)
+
+
+def apply_scipy_shim() -> None:
+    """Give ``dok_matrix`` back the private ``_update`` that RecBole's graph models call.
+
+    LightGCN, NGCF, NCL, GCMC, SpectralCF, KGIN and MCCLK build their adjacency matrix with
+    ``A._update(dict)``, a dict bulk-update that newer scipy no longer has (dok now wraps ``_dict``).
+    """
+    import scipy.sparse as sp
+
+    for cls in (sp.dok_matrix, getattr(sp, "dok_array", None)):
+        if cls is not None and not hasattr(cls, "_update"):
+            cls._update = lambda self, data: self._dict.update(data)

@@ -100,3 +100,17 @@ def test_ml100k_uses_wheel_copy_unless_prepared(tmp_path):
     prepared.mkdir(parents=True)
     (prepared / "ml-100k.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n")
     assert Path(LLMESRConfig(model="SASRec", dataset="ml-100k")["data_path"]) == Path("dataset_atomic") / "ml-100k"
+
+
+def _readme_baselines():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (row,) = [line for line in readme.splitlines() if line.startswith("| any RecBole model")]
+    import re
+
+    return re.findall(r"`(\w+)`", row)
+
+
+@pytest.mark.parametrize("model", _readme_baselines())
+def test_every_baseline_named_in_readme_runs(model, tiny):
+    result = run_recbole(model=model, dataset="tiny", config_dict={**tiny["config"], "epochs": 1})
+    assert "ndcg@10" in result["test_result"]
