@@ -41,6 +41,7 @@ setup(
             "run_recbole=recbole_llmesr.cli:main",
             "recbole-llmesr=recbole_llmesr.cli:main",
             "llmesr-prepare=recbole_llmesr.prepare_cli:main",
+            "llmesr-compare=recbole_llmesr.compare:main",
         ]
     },
 )

@@ -1,5 +1,4 @@
 """RecBole ``Config`` that knows the plugin's models, property files and data folder."""
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -7,7 +6,10 @@ import torch
 from recbole.config import Config
 
 from recbole_llmesr.compat import apply_numpy_shim
+from recbole_llmesr.evaluation import add_group_metrics, paper_sample_num, register_metrics
 from recbole_llmesr.registry import get_model
+
+register_metrics()  # before any Config: it validates `metrics` against RecBole's metric registry
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 RECBOLE_ML100K_DIR = Path(__import__("recbole").__file__).resolve().parent / "dataset_example" / "ml-100k"
@@ -69,6 +71,14 @@ class LLMESRConfig(Config):
             prepared = Path(data_root) / "ml-100k"
             has_copy = (prepared / "ml-100k.inter").is_file()
             self.final_config_dict["data_path"] = str(prepared if has_copy else RECBOLE_ML100K_DIR)
+        add_group_metrics(self.final_config_dict)
+
+    def _set_eval_neg_sample_args(self, phase):
+        num = paper_sample_num(self.final_config_dict["eval_args"]["mode"][phase])
+        if num is None:
+            return super()._set_eval_neg_sample_args(phase)
+        # RecBole's loaders treat paperN like uniN; our data_preparation then swaps in the paper's sampler.
+        self.final_config_dict[f"{phase}_neg_sample_args"] = {"distribution": "uniform", "sample_num": num}
 
     def _init_device(self):
         if "local_rank" in self.final_config_dict and not self._use_cuda():

@@ -10,10 +10,10 @@ from logging import getLogger
 from typing import Any, Dict, List, Optional, Union
 
 import torch.distributed as dist
-from recbole.data import data_preparation
 from recbole.utils import ensure_dir, get_environment, init_logger, init_seed, set_color
 
 from recbole_llmesr.config import LLMESRConfig
+from recbole_llmesr.evaluation import data_preparation
 from recbole_llmesr.registry import create_dataset, get_model, get_trainer
 
 

@@ -6,7 +6,7 @@ RecBole's ``get_model`` looks only under ``recbole.model.*`` and, for an unknown
 import difflib
 import importlib
 import importlib.util
-from typing import Dict, List, Type
+from typing import Dict, List
 
 from recbole.utils import ModelType
 

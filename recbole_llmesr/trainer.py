@@ -4,16 +4,20 @@ Stock RecBole pickles its whole ``Config`` into every checkpoint. torch >= 2.6 r
 default, so stock ``run_recbole`` trains and then crashes when it reloads the best model. Here a
 checkpoint holds only tensors and plain Python data (the config as a plain dict), so loading it can
 never execute code, and a file that carries arbitrary pickled objects is refused.
+
+The mixin also installs the long-tail group metrics' collector and the fast sampled-evaluation path
+(``recbole_llmesr.evaluation``).
 """
 import os
 import pickle
 
 import torch
 from recbole.trainer import Trainer as RecBoleTrainer
-from recbole.utils import set_color
+from recbole.utils import EvaluatorType, set_color
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_llmesr.compat import disable_anomaly_mode
+from recbole_llmesr.evaluation import GroupCollector, sampled_scores, scores_by_dot_product
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -30,6 +34,51 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
             f"(written by stock RecBole or tampered with). Retrain with recbole_llmesr, or load it yourself "
             f"with torch.load(weights_only=False) only if you trust where it came from. Detail: {err}"
         ) from err
+
+
+def encode_plain(value):
+    """``other_parameter`` values as tensors and plain data, so that ``weights_only`` loading accepts them.
+
+    RecBole models keep numpy arrays and scipy sparse matrices there (ItemKNN, EASE, SLIMElastic);
+    ``nn.Module`` values (FDSA, DIN) are dropped because their weights are already in the state dict.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    if isinstance(value, dict):
+        return {k: encode_plain(v) for k, v in value.items() if not isinstance(v, torch.nn.Module)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(encode_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+    if sp.issparse(value):
+        coo = value.tocoo()
+        return {
+            "__sparse__": value.format,
+            "row": torch.from_numpy(coo.row.astype(np.int64)),
+            "col": torch.from_numpy(coo.col.astype(np.int64)),
+            "data": torch.from_numpy(coo.data),
+            "shape": list(coo.shape),
+        }
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def decode_plain(value):
+    """Inverse of ``encode_plain``."""
+    import scipy.sparse as sp
+
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return value["__ndarray__"].numpy()
+        if "__sparse__" in value:
+            coo = sp.coo_matrix((value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())), shape=tuple(value["shape"]))
+            return coo.asformat(value["__sparse__"])
+        return {k: decode_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(decode_plain(v) for v in value)
+    return value
 
 
 class SafeCheckpointMixin:
@@ -51,6 +100,13 @@ class SafeCheckpointMixin:
         if cpu_ddp:
             self.distributed_model = DistributedDataParallel(self.model)
         disable_anomaly_mode()
+        self.eval_collector = GroupCollector(config)
+        # One encoder pass per user instead of one per candidate, where the scores allow it.
+        self.fast_sampled_eval = (
+            config["fast_sampled_eval"] is not False
+            and config["eval_type"] == EvaluatorType.RANKING
+            and scores_by_dot_product(model)
+        )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         # Models with per-epoch state (the LLM-ESR teacher memory bank) refresh it here.
@@ -68,7 +124,7 @@ class SafeCheckpointMixin:
             "cur_step": int(self.cur_step),
             "best_valid_score": float(self.best_valid_score),
             "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
+            "other_parameter": encode_plain(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
         }
 
@@ -96,16 +152,26 @@ class SafeCheckpointMixin:
                 f"not {self.config['model']}; loading its state_dict may fail."
             )
         self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
+    def _neg_sample_batch_eval(self, batched_data):
+        if not self.fast_sampled_eval:
+            return super()._neg_sample_batch_eval(batched_data)
+        interaction, row_idx, positive_u, positive_i = batched_data
+        interaction = interaction.to(self.device)
+        scores = sampled_scores(self.model, interaction, row_idx, positive_u, self.tot_item_num, self.config["ITEM_ID_FIELD"])
+        return interaction, scores, positive_u, positive_i
+
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data:
+            self.eval_collector.start_evaluation(eval_data)  # this phase's user lengths (and, if not fit, item counts)
         if eval_data and load_best_model:
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 

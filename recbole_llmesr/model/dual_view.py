@@ -44,6 +44,7 @@ class DualViewRecommender(SequentialRecommender):
         ensure_prepared(config)
 
     causal = True  # left-to-right backbones; bidirectional ones override
+    dot_product_scores = True  # predict == a full_sort_predict column: fast sampled evaluation applies
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

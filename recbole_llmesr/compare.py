@@ -1,0 +1,339 @@
+"""``llmesr-compare``: RecBole baselines and LLM-ESR models over several seeds on one dataset and split.
+
+Each (model, seed) run is stored as ``runs/<model>-seed<seed>.json`` in the output folder as soon as it
+finishes; a run whose file exists with the same settings is skipped, so an interrupted comparison
+resumes. From all runs it writes ``results.csv`` (one row per run), ``results.json`` (runs, mean/std,
+p-values), ``results.md`` (mean ± std per metric and group, paired t-test p-values against the baseline)
+and ``results.png`` (bar chart of the overall, tail and head groups).
+"""
+import argparse
+import ast
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from logging import getLogger
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+GROUPS = {"": "overall", "_tail_user": "tail user", "_head_user": "head user", "_tail_item": "tail item", "_head_item": "head item"}
+_METRIC = re.compile(r"^(?P<base>[a-z]+@\d+)(?P<group>_(?:tail|head)_(?:user|item))?$")
+
+
+def protocol(eval_mode: str) -> Dict[str, Any]:
+    """Shared settings of every run: the paper's leave-one-out split, HR/NDCG@10, selection on NDCG@10."""
+    return {
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": eval_mode},
+        "metrics": ["Hit", "NDCG"],
+        "topk": [10],
+        "valid_metric": "NDCG@10",
+        "show_progress": False,
+    }
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as RecBole would read it: Python literal, else YAML (``[Hit,NDCG]``), else str."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+
+
+def parse_overrides(items: Sequence[str], per_model: bool = False) -> Dict[str, Any]:
+    """``key=value`` (or ``MODEL:key=value`` when ``per_model``) into a (nested) dict."""
+    result: Dict[str, Any] = {}
+    for item in items:
+        target = result
+        if per_model:
+            model, sep, item = item.partition(":")
+            if not sep:
+                raise ValueError(f"--override expects MODEL:key=value, got {model!r}")
+            target = result.setdefault(model, {})
+        key, sep, value = item.lstrip("-").partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        target[key] = parse_value(value)
+    return result
+
+
+def _fingerprint(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)  # an interrupted write never leaves a half file that would count as done
+
+
+def run_comparison(
+    models: Sequence[str],
+    dataset: str,
+    seeds: Sequence[int],
+    output: Path,
+    baseline: Optional[str] = None,
+    config_dict: Optional[Dict[str, Any]] = None,
+    model_overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+    config_file_list: Optional[List[str]] = None,
+) -> dict:
+    """Run every (model, seed) not done yet, then write the reports; returns the ``results.json`` content."""
+    from recbole_llmesr.quick_start import run_recbole
+
+    logger = getLogger()
+    output = Path(output)
+    (output / "runs").mkdir(parents=True, exist_ok=True)
+    baseline = baseline or models[0]
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not among the models {list(models)}")
+    common = {"checkpoint_dir": str(output / "saved"), **(config_dict or {})}
+    model_overrides = model_overrides or {}
+    unknown = set(model_overrides) - set(models)
+    if unknown:
+        raise ValueError(f"--override names models that are not compared: {', '.join(sorted(unknown))}")
+    _prepare_data(models, dataset, common, config_file_list)
+
+    jobs = [(m, s) for s in seeds for m in models]  # seed by seed: an interrupted comparison still has pairs
+    runs = []
+    bar = tqdm(jobs, desc="llmesr-compare", unit="run", file=sys.stderr)
+    for model, seed in bar:
+        bar.set_postfix_str(f"{model} seed {seed}")
+        settings = {**common, **model_overrides.get(model, {}), "seed": seed}
+        # What makes a run the same run (not where its checkpoint goes).
+        spec = {"model": model, "dataset": dataset, "config_files": config_file_list,
+                "config": {k: v for k, v in settings.items() if k != "checkpoint_dir"}}
+        path = output / "runs" / f"{model}-seed{seed}.json"
+        done = json.loads(path.read_text()) if path.is_file() else None
+        if done is not None and done.get("fingerprint") == _fingerprint(spec):
+            tqdm.write(f"skip {model} seed {seed}: done ({path})", file=sys.stderr)
+            runs.append(done)
+            continue
+        start = time.time()
+        argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config also reads --key=value from sys.argv
+        try:
+            result = run_recbole(model, dataset, config_file_list=config_file_list, config_dict=dict(settings))
+        finally:
+            sys.argv = argv
+        record = {
+            "model": model,
+            "seed": seed,
+            "wall_s": round(time.time() - start, 1),
+            "best_valid_score": result["best_valid_score"],
+            "test": {k: float(v) for k, v in result["test_result"].items()},
+            "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+            "fingerprint": _fingerprint(spec),
+            "spec": spec,
+        }
+        _write_json(path, record)
+        tqdm.write(f"done {model} seed {seed} in {record['wall_s']} s", file=sys.stderr)
+        runs.append(record)
+    report = summarize(runs, models, baseline)
+    report.update({"dataset": dataset, "seeds": list(seeds), "config": common, "model_overrides": model_overrides})
+    write_reports(report, output)
+    logger.info(f"llmesr-compare: wrote {output / 'results.md'}, results.csv, results.json and results.png")
+    return report
+
+
+def _prepare_data(models, dataset, config_dict, config_file_list) -> None:
+    """Build the LLM artefacts before any run, so baselines and LLM-ESR read the very same data files
+    (for ml-100k the preparation writes a copy that later runs then prefer)."""
+    from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.registry import get_model
+
+    for model in models:
+        prepare = getattr(get_model(model), "prepare_data", None)
+        if prepare is not None:
+            argv, sys.argv = sys.argv, sys.argv[:1]
+            try:
+                prepare(LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(config_dict)))
+            finally:
+                sys.argv = argv
+
+
+def _mean_std(values: List[float]) -> Dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
+
+
+def paired_p_value(model: Dict[int, float], baseline: Dict[int, float]) -> float:
+    """Two-sided paired t-test over the seeds both have; NaN with fewer than 2 pairs or no variance."""
+    from scipy.stats import ttest_rel
+
+    seeds = sorted(set(model) & set(baseline))
+    a, b = np.array([model[s] for s in seeds]), np.array([baseline[s] for s in seeds])
+    if len(seeds) < 2 or np.allclose(a - b, (a - b)[0]):
+        return float("nan")  # the t statistic is undefined without variance in the differences
+    return float(ttest_rel(a, b).pvalue)
+
+
+def summarize(runs: List[dict], models: Sequence[str], baseline: str) -> dict:
+    """Mean/std per model and test metric, and p-values of every other model against the baseline."""
+    per_model: Dict[str, Dict[str, Dict[int, float]]] = {m: {} for m in models}
+    for run in runs:
+        for key, value in run["test"].items():
+            per_model[run["model"]].setdefault(key, {})[run["seed"]] = value
+    summary = {m: {k: _mean_std(list(v.values())) for k, v in metrics.items()} for m, metrics in per_model.items()}
+    p_values = {
+        m: {k: paired_p_value(v, per_model[baseline].get(k, {})) for k, v in per_model[m].items() if _METRIC.match(k)}
+        for m in models
+        if m != baseline
+    }
+    return {"models": list(models), "baseline": baseline, "runs": runs, "summary": summary, "p_values": p_values}
+
+
+def _table_rows(report: dict) -> List[tuple]:
+    """(metric key, base metric, group label) in display order: each metric's overall, then its groups."""
+    keys = [k for m in report["models"] for k in report["summary"][m]]
+    bases = list(dict.fromkeys(_METRIC.match(k)["base"] for k in keys if _METRIC.match(k)))
+    return [(base + suffix, base, label) for base in bases for suffix, label in GROUPS.items() if base + suffix in keys]
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def markdown_table(report: dict) -> str:
+    models, baseline, summary = report["models"], report["baseline"], report["summary"]
+    others = [m for m in models if m != baseline]
+    header = ["Metric", "Group", *models, *[f"p ({m} vs {baseline})" for m in others]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, base, label in _table_rows(report):
+        cells = [summary[m].get(key) for m in models]
+        best = max((c["mean"] for c in cells if c and not math.isnan(c["mean"])), default=None)
+        shown = []
+        for c in cells:
+            text = "–" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}"
+            shown.append(f"**{text}**" if c and len(models) > 1 and c["mean"] == best else text)
+        p_cells = [_fmt_p(report["p_values"][m].get(key, float("nan"))) for m in others]
+        lines.append("| " + " | ".join([base.upper().replace("HIT", "HR"), label, *shown, *p_cells]) + " |")
+    n_runs = {m: sum(r["model"] == m for r in report["runs"]) for m in models}
+    shares = {k: v["mean"] for k, v in summary[models[0]].items() if k.startswith("share_")}
+    notes = [
+        "",
+        (f"Mean ± sample std over seeds ({', '.join(f'{m}: {n} runs' for m, n in n_runs.items())}); best mean in "
+         f"bold; p: two-sided paired t-test over seeds against {baseline}."),
+    ]
+    if shares:
+        groups = ", ".join(f"{k[6:].replace('_', ' ')} {100 * v:.1f} %" for k, v in shares.items())
+        notes.append(f"Share of the test users in each group: {groups}.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Grouped bars (mean, std error bars): one panel per metric, groups on the x axis, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _table_rows(report)
+    bases = list(dict.fromkeys(base for _, base, _ in rows))
+    models = report["models"]
+    fig, axes = plt.subplots(1, len(bases), figsize=(4.2 * len(bases) + 0.8, 3.4), squeeze=False)
+    width = 0.8 / len(models)
+    colors = plt.get_cmap("tab10").colors
+    for ax, base in zip(axes[0], bases):
+        groups = [(key, label) for key, b, label in rows if b == base]
+        x = np.arange(len(groups))
+        for i, model in enumerate(models):
+            stats = [report["summary"][model].get(key, {"mean": np.nan, "std": 0.0}) for key, _ in groups]
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, [s["mean"] for s in stats], width,
+                   yerr=[s["std"] for s in stats], capsize=2, label=model, color=colors[i % len(colors)],
+                   edgecolor="black", linewidth=0.4, error_kw={"linewidth": 0.8})
+        ax.set_xticks(x, [_tick(report, key, label) for key, label in groups], fontsize=8)
+        ax.set_title(base.upper().replace("HIT", "HR"), fontsize=10)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.6)
+        ax.set_axisbelow(True)
+    axes[0][0].set_ylabel("mean over seeds (± std)", fontsize=9)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(models), frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+
+
+def _tick(report: dict, key: str, label: str) -> str:
+    """Group label with its share of the test users, e.g. ``Tail user\n(80 %)``."""
+    match = _METRIC.match(key)
+    share = report["summary"][report["models"][0]].get(f"share{match['group']}") if match["group"] else None
+    return label.capitalize() + (f"\n({100 * share['mean']:.0f} %)" if share else "")
+
+
+def write_reports(report: dict, output: Path) -> None:
+    runs = report["runs"]
+    columns = ["model", "seed", "wall_s", "best_valid_score"] + list(dict.fromkeys(k for r in runs for k in r["test"]))
+    with open(output / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in runs:
+            writer.writerow({**{k: r[k] for k in columns[:4]}, **r["test"]})
+    _write_json(output / "results.json", report)
+    (output / "results.md").write_text(markdown_table(report))
+    plot(report, output / "results.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmesr-compare",
+        description="Compare models over several seeds on one dataset and split. Any other --key=value is a "
+        "RecBole config override for every run (e.g. --epochs=5).",
+    )
+    parser.add_argument("--models", required=True, help="comma-separated, e.g. SASRec,LLMESR_SASRec")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3: 42, 43, 44 as in the paper)")
+    parser.add_argument("--first_seed", type=int, default=42)
+    parser.add_argument("--baseline", default=None, help="model the p-values compare against (default: the first)")
+    parser.add_argument("--eval_mode", default="paper100", help="paper100 (the paper's protocol), full, uni100, ...")
+    parser.add_argument("--output", default=None, help="output folder (default: compare/<dataset>)")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files for every run")
+    parser.add_argument("--override", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                        help="setting for one model only, repeatable, e.g. --override=SASRec:epochs=3")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    try:
+        common = {**protocol(args.eval_mode), **parse_overrides(rest)}
+        per_model = parse_overrides(args.override, per_model=True)
+    except ValueError as err:
+        print(f"llmesr-compare: error: {err}", file=sys.stderr)
+        return 2
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from recbole_llmesr.registry import UnknownModelError, get_model
+
+    try:
+        for model in models:
+            get_model(model)  # fail before hours of training, not after
+    except UnknownModelError as err:
+        print(f"llmesr-compare: error: {err}", file=sys.stderr)
+        return 2
+    report = run_comparison(
+        models,
+        args.dataset,
+        seeds=[args.first_seed + i for i in range(args.seeds)],
+        output=Path(args.output or Path("compare") / args.dataset),
+        baseline=args.baseline,
+        config_dict=common,
+        model_overrides=per_model,
+        config_file_list=args.config_files.split() if args.config_files else None,
+    )
+    print(markdown_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
