@@ -114,3 +114,15 @@ def _readme_baselines():
 def test_every_baseline_named_in_readme_runs(model, tiny):
     result = run_recbole(model=model, dataset="tiny", config_dict={**tiny["config"], "epochs": 1})
     assert "ndcg@10" in result["test_result"]
+
+
+def test_runner_never_imports_recbole_quick_start(tiny, tmp_path):
+    # recbole.quick_start imports ray, which breaks on current setuptools and numpy.
+    code = (
+        "import sys; from recbole_llmesr.quick_start import run_recbole; "
+        f"run_recbole(model='SASRec', dataset='tiny', config_dict={dict(tiny['config'], epochs=1)!r}); "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'recbole.quick_start'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
