@@ -188,7 +188,7 @@ class LongTailStats:
         )
 
 
-def split_statistics(dataset, valid_data, test_data) -> Dict[str, LongTailStats]:
+def split_statistics(dataset, valid_data, test_data, count_all_splits: bool = False) -> Dict[str, LongTailStats]:
     """Per phase: training counts (every interaction minus the validation and test targets) and the
     users' input lengths.
 
@@ -197,7 +197,9 @@ def split_statistics(dataset, valid_data, test_data) -> Dict[str, LongTailStats]
     """
     everything = LongTailStats.from_counts(dataset, *_all_interactions(dataset))
     valid, test = LongTailStats.from_counts(dataset, *_targets(valid_data)), LongTailStats.from_counts(dataset, *_targets(test_data))
-    item_pop = everything.item_pop - valid.item_pop - test.item_pop
+    # The official code counts validation and test interactions too (a leak of the targets into the
+    # grouping); `item_pop_all_splits: True` reproduces it for comparison with the paper.
+    item_pop = everything.item_pop if count_all_splits else everything.item_pop - valid.item_pop - test.item_pop
     train_len = everything.user_len - valid.user_len - test.user_len
     return {
         "train": LongTailStats(item_pop, train_len),
@@ -251,7 +253,7 @@ def data_preparation(config, dataset) -> Tuple[Any, Any, Any]:
     """RecBole's ``data_preparation``, plus the group metrics' statistics on every loader (so that
     evaluate-only runs have them too) and the paper's sampler for ``paperN`` phases."""
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    stats = split_statistics(dataset, valid_data, test_data)
+    stats = split_statistics(dataset, valid_data, test_data, count_all_splits=bool(config["item_pop_all_splits"]))
     uid, iid = _all_interactions(dataset)
     later_targets = {"valid": _targets(test_data), "test": (uid[:0], iid[:0])}
     for phase, loader in (("valid", valid_data), ("test", test_data)):

@@ -116,6 +116,16 @@ def test_statistics_count_the_training_split_only_and_are_model_independent(tiny
             }
 
 
+def test_item_pop_all_splits_reproduces_the_official_counting(tiny):
+    all_counts = defaultdict(int)
+    for items in _raw_sequences(tiny).values():
+        for item in items:
+            all_counts[item] += 1
+    _, _, (train, _, _) = _build("SASRec", {**_paper(tiny), "item_pop_all_splits": True})
+    dataset, pop = train._dataset, train.long_tail_stats.item_pop
+    assert {dataset.id2token(dataset.iid_field, i): int(pop[i]) for i in range(1, len(pop)) if pop[i]} == dict(all_counts)
+
+
 def _candidates(loader):
     """user token -> candidate item tokens (target first), from the loader's 1 + N rows per user."""
     dataset, out = loader._dataset, {}

@@ -245,3 +245,15 @@ def test_ml100k_end_to_end(model_name, ml100k_small_embeddings, tmp_path):
     result = run_recbole(model=model_name, dataset="ml-100k", config_dict=ml100k_small_embeddings)
     assert 0.0 <= result["test_result"]["hit@10"] <= 1.0
     assert list((tmp_path / "saved").glob(f"{model_name}-*.pth"))
+
+
+def test_leaky_attention_reproduces_the_official_leak(tiny):
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "leaky_attention": True})
+    model.eval()
+    seq = _batch(train)["item_id_list"].clone()
+    seq[:, :6] = torch.randint(1, model.n_items, (len(seq), 6))
+    changed = seq.clone()
+    changed[:, 5] = torch.randint(1, model.n_items, (len(seq),))
+    with torch.no_grad():
+        tables = model.view_tables()
+        assert not torch.allclose(model.encode(seq, tables)[:, :5], model.encode(changed, tables)[:, :5])

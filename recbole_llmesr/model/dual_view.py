@@ -63,6 +63,8 @@ class DualViewRecommender(SequentialRecommender):
         self.teacher_mode = _choice(config, "teacher_mode", TEACHER_MODES)
         self.teacher_refresh_steps = _number(config, "teacher_refresh_steps", int)
         self.initializer_range = config["initializer_range"]
+        if _flag(config, "leaky_attention"):
+            self.causal = False  # the official code's attention: every position sees the whole sequence
         if not (self.use_semantic_view or self.use_collab_view):
             raise ValueError("At least one of use_semantic_view and use_collab_view must be True")
 
