@@ -6,6 +6,18 @@ from typing import List, Optional
 from recbole_llmesr.registry import UnknownModelError
 
 
+def user_errors() -> tuple:
+    """Errors caused by input or configuration: shown as one line, not a traceback."""
+    from recbole_llmesr.artifacts import ArtifactError
+    from recbole_llmesr.embedders import EmbeddingError
+    from recbole_llmesr.model.dual_view import ModelConfigError
+    from recbole_llmesr.readers import DataFormatError, EmptyDatasetError
+    from recbole_llmesr.trainer import UnsafeCheckpointError
+
+    return (UnknownModelError, ArtifactError, EmbeddingError, ModelConfigError, DataFormatError, EmptyDatasetError,
+            UnsafeCheckpointError, FileNotFoundError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_recbole",
@@ -35,19 +47,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         get_model(args.model)  # fail fast, before any data is loaded
-    except UnknownModelError as err:
+        run(
+            args.model,
+            args.dataset,
+            config_file_list=config_files,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+    except user_errors() as err:
         print(f"run_recbole: error: {err}", file=sys.stderr)
         return 2
-    run(
-        args.model,
-        args.dataset,
-        config_file_list=config_files,
-        nproc=args.nproc,
-        world_size=args.world_size,
-        ip=args.ip,
-        port=args.port,
-        group_offset=args.group_offset,
-    )
     return 0
 
 

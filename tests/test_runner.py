@@ -126,3 +126,15 @@ def test_runner_never_imports_recbole_quick_start(tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_reports_configuration_errors_in_one_line(tiny, tmp_path):
+    # The tiny artefacts are 16-d: PCA cannot initialise the default 64-d ID table.
+    proc = subprocess.run(
+        [sys.executable, "-m", "recbole_llmesr.cli", "--model=LLMESR_SASRec", "--dataset=tiny",
+         f"--data_path={tiny['config']['data_path']}", "--hidden_size=64", "--show_progress=False"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("run_recbole: error: id_init=pca needs hidden_size (64)")

@@ -15,6 +15,14 @@ from torch import nn
 from recbole_llmesr.dataset import LLMESRDataset, longest_prefix_rows
 from recbole_llmesr.model.layers import CrossAttention, attention_mask, init_weights
 
+class ModelConfigError(ValueError):
+    """A model hyper-parameter is missing, of the wrong type or inconsistent with the data."""
+
+
+class ModelConfigTypeError(ModelConfigError, TypeError):
+    """A model hyper-parameter has the wrong type (e.g. ``alpha: "0.1"``)."""
+
+
 TRAIN_MODES = ("prefix", "sequence")
 LOSS_TYPES = ("CE", "BPR", "BCE")
 TEACHER_MODES = ("memory_bank", "online")
@@ -66,7 +74,7 @@ class DualViewRecommender(SequentialRecommender):
         if _flag(config, "leaky_attention"):
             self.causal = False  # the official code's attention: every position sees the whole sequence
         if not (self.use_semantic_view or self.use_collab_view):
-            raise ValueError("At least one of use_semantic_view and use_collab_view must be True")
+            raise ModelConfigError("At least one of use_semantic_view and use_collab_view must be True")
 
         self.views: List[str] = [v for v, on in (("collab", self.use_collab_view), ("semantic", self.use_semantic_view)) if on]
         self.n_tokens = self.n_items + self.extra_tokens()
@@ -131,7 +139,7 @@ class DualViewRecommender(SequentialRecommender):
 
         items = llm[1 : self.n_items].numpy()
         if self.hidden_size > min(items.shape):
-            raise ValueError(
+            raise ModelConfigError(
                 f"id_init=pca needs hidden_size ({self.hidden_size}) <= min(#items, LLM dimension) = "
                 f"{min(items.shape)}; lower hidden_size or set id_init: random"
             )
@@ -221,7 +229,7 @@ class DualViewRecommender(SequentialRecommender):
 
     def _init_teacher(self, dataset) -> None:
         if dataset.sim_users is None:
-            raise ValueError("use_distillation needs the similar-user lists (<dataset>.sim_users.npz)")
+            raise ModelConfigError("use_distillation needs the similar-user lists (<dataset>.sim_users.npz)")
         self.register_buffer("sim_users", dataset.sim_users[:, : self.sim_user_num].clone(), persistent=False)
         # Each user's teacher input: its longest training prefix (the training history minus its last
         # item), never a validation or test item.
@@ -285,19 +293,19 @@ class DualViewRecommender(SequentialRecommender):
 def _flag(config, key: str) -> bool:
     value = config[key]
     if not isinstance(value, bool):
-        raise TypeError(f"Config key '{key}' must be True or False, got {value!r} ({type(value).__name__})")
+        raise ModelConfigTypeError(f"Config key '{key}' must be True or False, got {value!r} ({type(value).__name__})")
     return value
 
 
 def _choice(config, key: str, choices) -> str:
     value = config[key]
     if value not in choices:
-        raise ValueError(f"Config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+        raise ModelConfigError(f"Config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 
 def _number(config, key: str, kind):
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise TypeError(f"Config key '{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+        raise ModelConfigTypeError(f"Config key '{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}")
     return kind(value)
