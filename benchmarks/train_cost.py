@@ -1,0 +1,196 @@
+"""Training cost of LLMESR_SASRec against its baselines: seconds per epoch, peak memory, ratios.
+
+One command (ml-100k; the LLM artefacts are built on first use, about a minute)::
+
+    python -m benchmarks.train_cost --max-batches 20 --json train_cost.json
+
+All variants are built in one process and their epochs are timed round-robin (a warm-up epoch, then the
+median of ``--epochs``, robust to a noisy neighbour), so a shared machine slows every variant alike and the
+*ratios* hold even when the absolute seconds drift. Peak memory comes from a separate subprocess per
+variant (its peak RSS after one epoch), because tracemalloc does not see torch's allocations and one
+process's peak would be shared by all variants. ``--max-batches N`` times only the first N batches of an
+epoch and extrapolates to the full epoch (stock SASRec's prefix epochs are ~100 s on ml-100k); the output
+says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+
+#: name -> (model, config overrides). The "backbone" switches are the README's plain-backbone setting.
+VARIANTS: Dict[str, tuple] = {
+    "llmesr_sequence": ("LLMESR_SASRec", {}),
+    "backbone_sequence": ("LLMESR_SASRec", {"use_semantic_view": False, "id_init": "random", "use_distillation": False}),
+    "llmesr_online_teacher": ("LLMESR_SASRec", {"teacher_mode": "online"}),
+    "llmesr_prefix_ce": ("LLMESR_SASRec", {"train_mode": "prefix", "loss_type": "CE"}),
+    "sasrec_prefix_ce": ("SASRec", {"loss_type": "CE"}),
+}
+#: (label, numerator, denominator, target) of the reported ratios.
+RATIOS = [
+    ("LLMESR_SASRec / plain backbone (sequence)", "llmesr_sequence", "backbone_sequence", "<= 2.5"),
+    ("online teacher / memory bank (sequence)", "llmesr_online_teacher", "llmesr_sequence", ">= 5"),
+    ("LLMESR_SASRec / stock SASRec (prefix, CE)", "llmesr_prefix_ce", "sasrec_prefix_ce", "-"),
+]
+QUIET = {"show_progress": False, "state": "WARNING"}
+
+
+def prepare(dataset: str, base: Dict[str, Any]) -> Dict[str, Any]:
+    """Build the LLM artefacts once (as run_recbole does) and return ``base`` pointed at their data_path."""
+    from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.preprocess import ensure_prepared
+
+    config = LLMESRConfig(model="LLMESR_SASRec", dataset=dataset, config_dict={**QUIET, **base})
+    ensure_prepared(config)  # ml-100k: converted into dataset_atomic/ml-100k, data_path updated
+    # config["data_path"] is <root>/<dataset>; a config_dict takes the root.
+    return {**base, "data_path": os.path.dirname(os.path.normpath(config["data_path"]))}
+
+
+def build(model: str, dataset: str, config_dict: Dict[str, Any]):
+    """Config, train loader and model exactly as run_recbole builds them."""
+    from recbole.utils import init_seed
+
+    from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.evaluation import data_preparation
+    from recbole_llmesr.registry import create_dataset, get_model
+
+    config = LLMESRConfig(model=model, dataset=dataset, config_dict={**QUIET, **config_dict})
+    init_seed(config["seed"], config["reproducibility"])
+    train, _, _ = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    model_obj = get_model(model)(config, train._dataset)
+    return config, model_obj, train
+
+
+class Runner:
+    """One variant: model, Adam optimiser, train loader; ``epoch()`` returns extrapolated seconds."""
+
+    def __init__(self, model: str, dataset: str, config_dict: Dict[str, Any], max_batches: Optional[int]):
+        self.config, self.model, self.train = build(model, dataset, config_dict)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.config["learning_rate"])
+        self.batches = len(self.train)
+        self.timed = min(self.batches, max_batches) if max_batches else self.batches
+
+    def epoch(self) -> float:
+        self.model.train()
+        if hasattr(self.model, "on_epoch_start"):  # memory bank refresh happens on the next batch
+            self.model.on_epoch_start()
+        start = time.perf_counter()
+        for i, inter in enumerate(self.train):
+            if i >= self.timed:
+                break
+            loss = self.model.calculate_loss(inter)
+            if isinstance(loss, tuple):  # RecBole allows a tuple of losses
+                loss = sum(loss)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        return (time.perf_counter() - start) * self.batches / self.timed
+
+
+def peak_rss_mb(name: str, dataset: str, base: Dict[str, Any], max_batches: Optional[int]) -> float:
+    """Max RSS of a fresh process that builds the variant and trains one (possibly truncated) epoch."""
+    # VmHWM (peak RSS of this process image), not ru_maxrss: Linux carries ru_maxrss across fork+exec, so
+    # a child of a large parent would report the parent's peak.
+    code = ("import json,re,sys; from benchmarks.train_cost import Runner, VARIANTS; "
+            "a=json.loads(sys.argv[1]); m,o=VARIANTS[a['name']]; "
+            "Runner(m,a['dataset'],{**a['base'],**o},a['max_batches']).epoch(); "
+            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
+    arg = json.dumps({"name": name, "dataset": dataset, "base": base, "max_batches": max_batches})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, check=True)
+    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)  # VmHWM is in kB
+
+
+def run(dataset: str = "ml-100k", epochs: int = 3, max_batches: Optional[int] = None, seed: int = 2020,
+        threads: Optional[int] = 2, memory: bool = True, variants: Optional[List[str]] = None,
+        config_dict: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Time every variant's epochs round-robin in this process; optionally peak RSS per subprocess."""
+    if threads:
+        torch.set_num_threads(threads)
+    names = variants or list(VARIANTS)
+    base = prepare(dataset, {"seed": seed, **(config_dict or {})})
+    runners = {n: Runner(VARIANTS[n][0], dataset, {**base, **VARIANTS[n][1]}, max_batches) for n in names}
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for e in range(epochs + 1):  # epoch 0 is warm-up (allocator, lazy init), not reported
+        for n, r in runners.items():
+            t = r.epoch()
+            if e > 0:
+                times[n].append(t)
+    rows = {}
+    for n, r in runners.items():
+        rows[n] = {"model": VARIANTS[n][0], "overrides": VARIANTS[n][1], "train_mode": r.config["train_mode"] or "prefix",
+                   "batch_size": r.config["train_batch_size"],
+                   "batches_per_epoch": r.batches, "batches_timed": r.timed,
+                   "extrapolated": r.timed < r.batches, "sec_per_epoch": statistics.median(times[n]),
+                   "epoch_times": times[n]}
+        if memory:
+            rows[n]["peak_rss_mb"] = peak_rss_mb(n, dataset, base, max_batches)
+    ratios = [{"ratio": lbl, "value": rows[a]["sec_per_epoch"] / rows[b]["sec_per_epoch"], "target": tgt}
+              for lbl, a, b, tgt in RATIOS if a in rows and b in rows]
+    return {"dataset": dataset, "epochs": epochs, "seed": seed, "threads": threads, "max_batches": max_batches,
+            "variants": rows, "ratios": ratios,
+            "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def converge(dataset: str, seed: int, config_dict: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Full training (early stopping) with each teacher mode; test NDCG@10 of each. Slow: opt-in."""
+    from recbole_llmesr.quick_start import run_recbole
+
+    out = {}
+    for mode in ("memory_bank", "online"):
+        t0 = time.perf_counter()
+        res = run_recbole(model="LLMESR_SASRec", dataset=dataset,
+                          config_dict={"seed": seed, "teacher_mode": mode, **QUIET, **(config_dict or {})})
+        out[mode] = {"test_ndcg@10": float(res["test_result"]["ndcg@10"]), "wall_s": time.perf_counter() - t0}
+    return out
+
+
+def table(res: Dict[str, Any]) -> str:
+    lines = ["| variant | model | train_mode | batch | s/epoch | batches timed / epoch | peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for n, v in res["variants"].items():
+        note = " (extrapolated)" if v["extrapolated"] else ""
+        lines.append(f"| {n} | {v['model']} | {v['train_mode']} | {v['batch_size']} | {v['sec_per_epoch']:.2f}{note} "
+                     f"| {v['batches_timed']} / {v['batches_per_epoch']} | {v.get('peak_rss_mb', '-')} |")
+    lines += ["", "| ratio (s/epoch) | value | target |", "|---|---|---|"]
+    lines += [f"| {r['ratio']} | {r['value']:.2f}x | {r['target']} |" for r in res["ratios"]]
+    if any(v["extrapolated"] for v in res["variants"].values()):
+        lines.append(f"\nExtrapolated: only the first {res['max_batches']} batches of those epochs were timed.")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch (median reported)")
+    p.add_argument("--max-batches", type=int, default=None, help="time only N batches per epoch, extrapolate")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS subprocesses")
+    p.add_argument("--train-to-convergence", action="store_true", help="also train memory_bank and online to the end (slow)")
+    p.add_argument("--json", help="write results here")
+    a = p.parse_args(argv)
+    res = run(a.dataset, a.epochs, a.max_batches, a.seed, a.threads, not a.no_memory, a.variants)
+    print(table(res))
+    if a.train_to_convergence:
+        res["convergence"] = converge(a.dataset, a.seed)
+        print(json.dumps(res["convergence"], indent=2))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
