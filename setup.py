@@ -42,6 +42,7 @@ setup(
             "recbole-llmesr=recbole_llmesr.cli:main",
             "llmesr-prepare=recbole_llmesr.prepare_cli:main",
             "llmesr-compare=recbole_llmesr.compare:main",
+            "llmesr-recommend=recbole_llmesr.recommend:main",
         ]
     },
 )

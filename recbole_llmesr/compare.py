@@ -25,7 +25,8 @@ import yaml
 from tqdm import tqdm
 
 GROUPS = {"": "overall", "_tail_user": "tail user", "_head_user": "head user", "_tail_item": "tail item", "_head_item": "head item"}
-_METRIC = re.compile(r"^(?P<base>[a-z]+@\d+)(?P<group>_(?:tail|head)_(?:user|item))?$")
+# Test metric keys: ``ndcg@10``, ``ndcg@10_tail_user``, and with extra_test_modes ``full:ndcg@10``.
+_METRIC = re.compile(r"^(?P<base>(?:[a-z0-9]+:)?[a-z]+@\d+)(?P<group>_(?:tail|head)_(?:user|item))?$")
 
 
 def protocol(eval_mode: str) -> Dict[str, Any]:
@@ -88,8 +89,6 @@ def run_comparison(
     config_file_list: Optional[List[str]] = None,
 ) -> dict:
     """Run every (model, seed) not done yet, then write the reports; returns the ``results.json`` content."""
-    from recbole_llmesr.quick_start import run_recbole
-
     logger = getLogger()
     output = Path(output)
     (output / "runs").mkdir(parents=True, exist_ok=True)
@@ -109,39 +108,59 @@ def run_comparison(
     for model, seed in bar:
         bar.set_postfix_str(f"{model} seed {seed}")
         settings = {**common, **model_overrides.get(model, {}), "seed": seed}
-        # What makes a run the same run (not where its checkpoint goes).
-        spec = {"model": model, "dataset": dataset, "config_files": config_file_list,
-                "config": {k: v for k, v in settings.items() if k != "checkpoint_dir"}}
-        path = output / "runs" / f"{model}-seed{seed}.json"
-        done = json.loads(path.read_text()) if path.is_file() else None
-        if done is not None and done.get("fingerprint") == _fingerprint(spec):
-            tqdm.write(f"skip {model} seed {seed}: done ({path})", file=sys.stderr)
-            runs.append(done)
-            continue
-        start = time.time()
-        argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config also reads --key=value from sys.argv
-        try:
-            result = run_recbole(model, dataset, config_file_list=config_file_list, config_dict=dict(settings))
-        finally:
-            sys.argv = argv
-        record = {
-            "model": model,
-            "seed": seed,
-            "wall_s": round(time.time() - start, 1),
-            "best_valid_score": result["best_valid_score"],
-            "test": {k: float(v) for k, v in result["test_result"].items()},
-            "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
-            "fingerprint": _fingerprint(spec),
-            "spec": spec,
-        }
-        _write_json(path, record)
-        tqdm.write(f"done {model} seed {seed} in {record['wall_s']} s", file=sys.stderr)
-        runs.append(record)
+        runs.append(run_once(model, model, dataset, seed, settings, output / "runs", config_file_list))
     report = summarize(runs, models, baseline)
     report.update({"dataset": dataset, "seeds": list(seeds), "config": common, "model_overrides": model_overrides})
     write_reports(report, output)
     logger.info(f"llmesr-compare: wrote {output / 'results.md'}, results.csv, results.json and results.png")
     return report
+
+
+def run_once(
+    label: str,
+    model: str,
+    dataset: str,
+    seed: int,
+    settings: Dict[str, Any],
+    runs_dir: Path,
+    config_file_list: Optional[List[str]] = None,
+) -> dict:
+    """Train and test one (model, settings, seed), or load the stored record of the very same run.
+
+    The record goes to ``runs_dir/<label>-seed<seed>.json``; ``label`` names the row (the model, or an
+    ablation variant of it).
+    """
+    from recbole_llmesr.quick_start import run_recbole
+
+    # What makes a run the same run (not where its checkpoint goes).
+    spec = {"model": model, "dataset": dataset, "config_files": config_file_list,
+            "config": {k: v for k, v in settings.items() if k != "checkpoint_dir"}}
+    path = Path(runs_dir) / f"{label}-seed{seed}.json"
+    done = json.loads(path.read_text()) if path.is_file() else None
+    if done is not None and done.get("fingerprint") == _fingerprint(spec):
+        tqdm.write(f"skip {label} seed {seed}: done ({path})", file=sys.stderr)
+        return done
+    start = time.time()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config also reads --key=value from sys.argv
+    try:
+        result = run_recbole(model, dataset, config_file_list=config_file_list, config_dict=dict(settings))
+    finally:
+        sys.argv = argv
+    record = {
+        "model": label,
+        "recbole_model": model,
+        "seed": seed,
+        "wall_s": round(time.time() - start, 1),
+        "best_valid_score": result["best_valid_score"],
+        "test": {k: float(v) for k, v in result["test_result"].items()},
+        "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+        "fingerprint": _fingerprint(spec),
+        "spec": spec,
+    }
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    _write_json(path, record)
+    tqdm.write(f"done {label} seed {seed} in {record['wall_s']} s", file=sys.stderr)
+    return record
 
 
 def _prepare_data(models, dataset, config_dict, config_file_list) -> None:
@@ -198,6 +217,13 @@ def _table_rows(report: dict) -> List[tuple]:
     return [(base + suffix, base, label) for base in bases for suffix, label in GROUPS.items() if base + suffix in keys]
 
 
+def metric_label(base: str) -> str:
+    """``ndcg@10`` -> ``NDCG@10``; ``full:hit@10`` -> ``HR@10 (full)``."""
+    mode, _, metric = base.rpartition(":")
+    label = metric.upper().replace("HIT", "HR")
+    return f"{label} ({mode})" if mode else label
+
+
 def _fmt_p(p: float) -> str:
     if math.isnan(p):
         return "–"
@@ -217,7 +243,7 @@ def markdown_table(report: dict) -> str:
             text = "–" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}"
             shown.append(f"**{text}**" if c and len(models) > 1 and c["mean"] == best else text)
         p_cells = [_fmt_p(report["p_values"][m].get(key, float("nan"))) for m in others]
-        lines.append("| " + " | ".join([base.upper().replace("HIT", "HR"), label, *shown, *p_cells]) + " |")
+        lines.append("| " + " | ".join([metric_label(base), label, *shown, *p_cells]) + " |")
     n_runs = {m: sum(r["model"] == m for r in report["runs"]) for m in models}
     shares = {k: v["mean"] for k, v in summary[models[0]].items() if k.startswith("share_")}
     notes = [
@@ -225,6 +251,9 @@ def markdown_table(report: dict) -> str:
         (f"Mean ± sample std over seeds ({', '.join(f'{m}: {n} runs' for m, n in n_runs.items())}); best mean in "
          f"bold; p: two-sided paired t-test over seeds against {baseline}."),
     ]
+    mode = (report.get("config") or {}).get("eval_args", {}).get("mode")
+    if mode:
+        notes.append(f"Test protocol: eval mode {mode}; a metric marked (m) is the same best model tested again under eval mode m.")
     if shares:
         groups = ", ".join(f"{k[6:].replace('_', ' ')} {100 * v:.1f} %" for k, v in shares.items())
         notes.append(f"Share of the test users in each group: {groups}.")
@@ -253,7 +282,7 @@ def plot(report: dict, path: Path) -> None:
                    yerr=[s["std"] for s in stats], capsize=2, label=model, color=colors[i % len(colors)],
                    edgecolor="black", linewidth=0.4, error_kw={"linewidth": 0.8})
         ax.set_xticks(x, [_tick(report, key, label) for key, label in groups], fontsize=8)
-        ax.set_title(base.upper().replace("HIT", "HR"), fontsize=10)
+        ax.set_title(metric_label(base), fontsize=10)
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="y", linewidth=0.3, alpha=0.6)
         ax.set_axisbelow(True)

@@ -85,6 +85,10 @@ def run_recbole(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    # The best model is loaded now: test it under further protocols without training again.
+    for mode in config["extra_test_modes"] or []:
+        extra = evaluate_with_mode(config, trainer, mode)
+        test_result.update({f"{mode}:{k}": v for k, v in extra.items()})
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -102,6 +106,24 @@ def run_recbole(
         queue.put(result)
     _close_log_handlers()
     return result
+
+
+def evaluate_with_mode(config, trainer, mode: str) -> dict:
+    """Test the trainer's current model with test ``eval_args.mode`` set to ``mode`` (e.g. ``full``).
+
+    The dataset is loaded again: RecBole's ``build`` converts it in place and cannot run twice. Internal
+    ids depend only on the files, so they match the model's.
+    """
+    eval_args = config["eval_args"]
+    original = eval_args["mode"]["test"]
+    eval_args["mode"] = {**eval_args["mode"], "test": mode}
+    try:
+        config._set_eval_neg_sample_args("test")
+        _, _, test_data = data_preparation(config, create_dataset(config))
+        return trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+    finally:
+        eval_args["mode"] = {**eval_args["mode"], "test": original}
+        config._set_eval_neg_sample_args("test")
 
 
 def run_recboles(rank: int, *args) -> None:

@@ -40,3 +40,47 @@ def test_retrieval_cost_smoke(tmp_path):
 def test_embedding_throughput_smoke():
     e = retrieval_cost.run_embedding(n=16, threads=1)
     assert e["dim"] == 384 and e["items_per_s"] > 0
+
+
+def test_quality_smoke_backbone_and_ablations(tiny, tmp_path):
+    from benchmarks import quality
+
+    common = ["--dataset", "tiny", "--data_path", tiny["config"]["data_path"], "--output", str(tmp_path / "q"),
+              "--seeds", "2", "--epochs", "1", "--eval_mode", "paper10", "--threads", "1",
+              "hidden_size=8", "inner_size=16", "train_batch_size=64"]
+    path = quality.main(common + ["--backbones", "SASRec"])
+    text = path.read_text()
+    assert "## SASRec vs LLMESR_SASRec" in text and "| NDCG@10 (full) | tail item |" in text
+    assert "## Targets, LLMESR_SASRec over SASRec, NDCG@10 (full ranking)" in text
+    assert text.count("| overall |") >= 2  # the targets tables
+    runs = sorted(p.name for p in (tmp_path / "q" / "SASRec" / "runs").glob("*.json"))
+    assert runs == ["LLMESR_SASRec-seed42.json", "LLMESR_SASRec-seed43.json", "SASRec-seed42.json", "SASRec-seed43.json"]
+
+    path = quality.main(common + ["--ablations", "--seeds", "1"])
+    table = path.read_text()
+    for label in quality.ABLATIONS:
+        assert f"| {label} |" in table
+    records = [json.loads(p.read_text()) for p in (tmp_path / "q" / "ablations" / "runs").glob("*.json")]
+    assert {r["spec"]["config"].get("use_collab_view") for r in records} == {None, False}
+
+
+def test_cold_start_smoke(tmp_path):
+    from benchmarks import cold_start
+    from conftest import write_tiny_dataset
+
+    root = tmp_path / "data"
+    write_tiny_dataset(root, n_users=60, n_items=40)
+    res = cold_start.main(["--dataset", "tiny", "--data_path", str(root), "--output", str(tmp_path / "cold"),
+                           "--epochs", "1", "--sasrec_epochs", "1", "--eval_mode", "full", "--share", "0.2",
+                           "--cache_dir", str(tmp_path / "cache"), "--json", str(tmp_path / "cold.json"),
+                           "hidden_size=8", "inner_size=16", "train_batch_size=64"])
+    assert res["cold_items"] == 8 and res["rows"]
+    rows = res["rows"]
+    assert set(rows) == {f"LLMESR_SASRec (cold collab: {p})" for p in cold_start.POLICIES} | {"Popularity", "SASRec"}
+    # Neither SASRec nor popularity can put a never-seen item in the top 10 of 40.
+    assert rows["SASRec"]["hit@10"] == 0.0 and rows["Popularity"]["hit@10"] == 0.0
+    assert all(r["cases"] == rows["SASRec"]["cases"] > 0 for r in rows.values())
+    assert json.loads((tmp_path / "cold.json").read_text())["cold_items"] == 8
+    warm_items = (root / "tiny_warm" / "tiny_warm.item").read_text()
+    cold_items = (root / "tiny_warm.cold.item").read_text().splitlines()[1:]
+    assert len(cold_items) == 8 and not any(line.split("\t")[0] + "\t" in warm_items for line in cold_items)

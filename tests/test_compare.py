@@ -14,7 +14,7 @@ def _cli(tiny, *extra):
     return [
         "--models=SASRec,LLMESR_SASRec", "--dataset=tiny", "--seeds=2", "--eval_mode=paper10", "--output=out",
         f"--data_path={cfg['data_path']}", "--epochs=1", "--hidden_size=8", "--inner_size=16", "--train_batch_size=64",
-        "--state=WARNING", *extra,
+        "--state=WARNING", "--extra_test_modes=[full]", *extra,
     ]
 
 
@@ -28,6 +28,7 @@ def test_compare_writes_all_outputs_and_skips_finished_runs(tiny, tmp_path, caps
     assert report["baseline"] == "SASRec" and set(report["p_values"]) == {"LLMESR_SASRec"}
     assert report["summary"]["LLMESR_SASRec"]["ndcg@10_tail_item"]["n"] == 2
     table = (out / "results.md").read_text()
+    assert "| NDCG@10 (full) | tail user |" in table and "full:ndcg@10" in rows[0]
     assert "| NDCG@10 | tail user |" in table and "p (LLMESR_SASRec vs SASRec)" in table and " ± " in table
     assert capsys.readouterr().out.startswith("| Metric | Group |")
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -230,3 +230,21 @@ def test_allowlisted_models_predict_a_full_sort_column(model, test_batch):
 def test_core_is_not_a_dot_product_model():
     assert not evaluation.scores_by_dot_product(type("CORE", (), {})())
     assert "CORE" not in DOT_PRODUCT_MODELS and np.isin(["SASRec", "GRU4Rec"], list(DOT_PRODUCT_MODELS)).all()
+
+
+def test_extra_test_modes_reuse_the_trained_model(tiny):
+    """paper10 training and test, plus a full-ranking test of the same best model: the full-ranking
+    numbers equal those of evaluating that checkpoint under full ranking directly."""
+    from recbole_llmesr.quick_start import run_recbole
+
+    config = _paper(tiny, extra_test_modes=["full"], epochs=1)
+    result = run_recbole("LLMESR_SASRec", "tiny", config_dict=config)["test_result"]
+    assert "ndcg@10" in result and "full:ndcg@10" in result and "full:ndcg@10_tail_user" in result
+    # Full ranking among all items is harder than among 11 candidates.
+    assert result["full:hit@10"] <= result["hit@10"]
+
+    cfg, model, (train, _, test) = _build("LLMESR_SASRec", {**tiny["config"], "eval_args": {**LOO, "mode": "full"}, "epochs": 1})
+    trainer = get_trainer(cfg["MODEL_TYPE"], cfg["model"])(cfg, model)
+    checkpoint = sorted((tiny["folder"].parent.parent / "saved").glob("LLMESR_SASRec-*.pth"))[-1]
+    direct = trainer.evaluate(test, load_best_model=True, model_file=str(checkpoint))
+    assert direct["ndcg@10"] == pytest.approx(result["full:ndcg@10"])

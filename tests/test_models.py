@@ -157,6 +157,44 @@ def test_memory_bank_refresh_every_k_steps(tiny):
     assert len(calls) == 3  # steps 0, 2 and 4
 
 
+def test_teacher_update_batch_writes_students_and_skips_epoch_refresh(tiny):
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "teacher_update": "batch"})
+    batches = list(train)
+    calls = []
+    original = model.refresh_user_bank
+    model.refresh_user_bank = lambda: (calls.append(1), original())
+    model.eval()  # no dropout: the student state is reproducible below
+    for _ in range(2):
+        model.on_epoch_start()
+        for batch in batches:
+            model.calculate_loss(batch)
+    assert len(calls) == 1  # once at the start; the students keep the bank current after that
+    batch = batches[0]
+    with torch.no_grad():
+        expected = model.forward(batch["item_id_list"], batch["item_length"])
+    assert torch.allclose(model.user_bank[batch["user_id"]], expected, atol=1e-5)
+
+    _, epoch_model, _ = build("LLMESR_SASRec", {**tiny["config"], "teacher_update": "epoch"})
+    epoch_model.refresh_user_bank = lambda: calls.append(2) or original()
+    for _ in range(2):
+        epoch_model.on_epoch_start()
+        epoch_model.calculate_loss(batches[0])
+    assert calls.count(2) == 2  # every epoch
+
+
+@pytest.mark.parametrize("model_name,loss", [("LLMESR_SASRec", "BCE"), ("LLMESR_GRU4Rec", "BPR"), ("LLMESR_SASRec", "CE")])
+def test_batch_item_tables_give_the_same_loss(model_name, loss, tiny):
+    _, model, (train, _, _) = build(model_name, {**tiny["config"], "loss_type": loss})
+    model.eval()
+    batch = next(iter(train))
+    losses = []
+    for subset in (True, False):
+        model.batch_item_tables = subset
+        torch.manual_seed(0)  # the same negatives
+        losses.append(model.calculate_loss(batch))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+
 def test_sequence_mode_keeps_one_row_per_user(tiny):
     _, _, (seq_train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "train_mode": "sequence"})
     _, _, (pre_train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "train_mode": "prefix"})

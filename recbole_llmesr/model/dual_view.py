@@ -4,7 +4,7 @@ A backbone binds to ``DualViewRecommender`` by building its encoder in ``build_e
 is not left-to-right, by overriding how training positions and the user position are chosen.
 """
 import copy
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,9 @@ class ModelConfigTypeError(ModelConfigError, TypeError):
 TRAIN_MODES = ("prefix", "sequence")
 LOSS_TYPES = ("CE", "BPR", "BCE")
 TEACHER_MODES = ("memory_bank", "online")
+TEACHER_UPDATES = ("epoch", "batch")
 ID_INITS = ("pca", "random")
+COLD_COLLAB = ("regression", "pca", "zero")
 
 
 class DualViewRecommender(SequentialRecommender):
@@ -52,6 +54,7 @@ class DualViewRecommender(SequentialRecommender):
         ensure_prepared(config)
 
     causal = True  # left-to-right backbones; bidirectional ones override
+    batch_item_tables = True  # sampled losses look up only the batch's items (exact; False = whole tables)
     dot_product_scores = True  # predict == a full_sort_predict column: fast sampled evaluation applies
 
     def __init__(self, config, dataset):
@@ -70,6 +73,7 @@ class DualViewRecommender(SequentialRecommender):
         self.sim_user_num = _number(config, "sim_user_num", int)
         self.teacher_mode = _choice(config, "teacher_mode", TEACHER_MODES)
         self.teacher_refresh_steps = _number(config, "teacher_refresh_steps", int)
+        self.teacher_update = _choice(config, "teacher_update", TEACHER_UPDATES)
         self.initializer_range = config["initializer_range"]
         if _flag(config, "leaky_attention"):
             self.causal = False  # the official code's attention: every position sees the whole sequence
@@ -134,24 +138,79 @@ class DualViewRecommender(SequentialRecommender):
 
     # ---- the mechanism ------------------------------------------------------------------------
 
-    def _pca_init(self, llm: torch.Tensor) -> torch.Tensor:
+    def _pca(self, llm: torch.Tensor):
+        """PCA of the real items' LLM embeddings down to ``hidden_size`` (deterministic)."""
         from sklearn.decomposition import PCA
 
-        items = llm[1 : self.n_items].numpy()
+        items = llm[1 : self.n_items].cpu().numpy()
         if self.hidden_size > min(items.shape):
             raise ModelConfigError(
                 f"id_init=pca needs hidden_size ({self.hidden_size}) <= min(#items, LLM dimension) = "
                 f"{min(items.shape)}; lower hidden_size or set id_init: random"
             )
+        return PCA(n_components=self.hidden_size, random_state=0).fit(items)
+
+    def _pca_init(self, llm: torch.Tensor) -> torch.Tensor:
         table = torch.zeros(self.n_tokens, self.hidden_size)
-        table[1 : self.n_items] = torch.from_numpy(PCA(n_components=self.hidden_size, random_state=0).fit_transform(items))
+        table[1 : self.n_items] = torch.from_numpy(self._pca(llm).transform(llm[1 : self.n_items].numpy()))
         return table
 
-    def view_tables(self) -> List[torch.Tensor]:
-        """Per-view token tables ``[n_tokens, hidden]``; the adapter runs once over all items, not per token."""
+    # ---- cold-start items ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def add_items(self, llm_vectors: torch.Tensor, collab: str = "regression") -> torch.Tensor:
+        """Append items known only by their LLM embedding (no interactions); returns their new ids.
+
+        The new items take ids ``n_items, n_items + 1, ...`` (extra tokens such as [MASK] move behind
+        them), so they can be scored and can appear in input sequences. The semantic view embeds them
+        like any item. The collaborative view has no trained vector for them; ``collab`` chooses one:
+
+        - ``regression``: a ridge map from LLM embeddings to the *trained* ID embeddings, fitted on the
+          known items. It follows training, which moved the IDs away from their initialisation.
+        - ``pca``: the PCA projection used by ``id_init: pca`` at initialisation.
+        - ``zero``: no collaborative signal; the item is ranked by the semantic view alone.
+        """
+        if collab not in COLD_COLLAB:
+            raise ModelConfigError(f"collab must be one of {', '.join(COLD_COLLAB)}; got {collab!r}")
+        if getattr(self, "llm_item_emb", None) is None:
+            raise ModelConfigError("Cold-start items need the LLM item embeddings (use_semantic_view or id_init: pca)")
+        llm_vectors = torch.as_tensor(llm_vectors, dtype=self.llm_item_emb.dtype, device=self.llm_item_emb.device)
+        if llm_vectors.ndim != 2 or llm_vectors.size(1) != self.llm_item_emb.size(1):
+            raise ModelConfigError(
+                f"Cold-start item embeddings must have shape [n, {self.llm_item_emb.size(1)}] (the dataset's "
+                f"embedder dimension), got {tuple(llm_vectors.shape)}"
+            )
+        if not torch.isfinite(llm_vectors).all():
+            raise ModelConfigError("Cold-start item embeddings hold NaN or inf")
+        n_new, old = len(llm_vectors), self.n_items
+        known = self.llm_item_emb[: self.n_items]
+        self.llm_item_emb = torch.cat([known, llm_vectors, self.llm_item_emb[self.n_items :]])
+        if self.use_collab_view:
+            ids = self.item_embedding.weight
+            if collab == "regression":
+                new_ids = _ridge(known[1:], ids[1 : self.n_items]).predict(llm_vectors)
+            elif collab == "pca":
+                new_ids = torch.from_numpy(self._pca(known).transform(llm_vectors.cpu().numpy())).to(ids)
+            else:
+                new_ids = ids.new_zeros(n_new, ids.size(1))
+            table = torch.cat([ids[: self.n_items], new_ids.to(ids), ids[self.n_items :]])
+            self.item_embedding = nn.Embedding.from_pretrained(table, freeze=False, padding_idx=0)
+        self.n_items += n_new
+        self.n_tokens += n_new
+        return torch.arange(old, self.n_items, device=llm_vectors.device)
+
+    def view_tables(self, rows: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Per-view token tables ``[n_tokens, hidden]``, or only their ``rows``.
+
+        The adapter runs once per call over the rows needed, not per token occurrence; sampled losses ask
+        for the few thousand items of a batch rather than the whole catalogue.
+        """
         tables = []
         for view in self.views:
-            tables.append(self.item_embedding.weight if view == "collab" else self.adapter(self.llm_item_emb))
+            if view == "collab":
+                tables.append(self.item_embedding.weight if rows is None else self.item_embedding(rows))
+            else:
+                tables.append(self.adapter(self.llm_item_emb if rows is None else self.llm_item_emb[rows]))
         return tables
 
     def encode(self, item_seq: torch.Tensor, tables: List[torch.Tensor]) -> torch.Tensor:
@@ -176,12 +235,24 @@ class DualViewRecommender(SequentialRecommender):
     def calculate_loss(self, interaction):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
-        tables = self.view_tables()
-        items = self.item_table(tables)
         seq, positions, targets, valid = self.training_positions(item_seq, item_seq_len, pos_items)
+        targets = targets[valid]
+        negatives = None
+        if self.loss_type != "CE":
+            history = torch.cat([item_seq, pos_items.unsqueeze(1)], dim=1)
+            negatives = self._sample_negatives(history, valid.size(1))[valid]
+        if self.loss_type != "CE" and self.causal and self.batch_item_tables:
+            # Only the batch's items are looked up: relabel them 0..R-1 (0 stays [PAD]) and build R rows.
+            rows, local = torch.unique(torch.cat([seq.new_zeros(1), seq.reshape(-1), targets, negatives]), return_inverse=True)
+            seq, targets, negatives = local[1 : 1 + seq.numel()].view_as(seq), *local[1 + seq.numel() :].split(len(targets))
+            tables = self.view_tables(rows)
+            items = torch.cat(tables, dim=-1)
+        else:
+            tables = self.view_tables()
+            items = self.item_table(tables)
         hidden = self.encode(seq, tables)
         h = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))[valid]
-        loss = self._rec_loss(h, targets[valid], items, item_seq, pos_items, valid)
+        loss = self._rec_loss(h, targets, items, negatives)
         if self.use_distillation and self.alpha > 0:
             if self.causal and self.train_mode == "prefix":
                 student = h  # the last position is the user representation: no second pass needed
@@ -189,14 +260,18 @@ class DualViewRecommender(SequentialRecommender):
                 student = self.gather_indexes(hidden, item_seq_len - 1)
             else:
                 student = self.forward(item_seq, item_seq_len, tables)
-            loss = loss + self.alpha * self.distillation_loss(interaction[self.USER_ID], student)
+            user_ids = interaction[self.USER_ID]
+            loss = loss + self.alpha * self.distillation_loss(user_ids, student)
+            if self.teacher_mode == "memory_bank" and self.teacher_update == "batch":
+                # The student just encoded these users; where its input is the teacher's (the user's
+                # longest training prefix), its state replaces the stored one: no extra forward pass.
+                same = item_seq_len == self.teacher_len[user_ids]
+                self.user_bank[user_ids[same]] = student[same].detach()
         return loss
 
-    def _rec_loss(self, h, targets, items, item_seq, pos_items, valid) -> torch.Tensor:
+    def _rec_loss(self, h, targets, items, negatives) -> torch.Tensor:
         if self.loss_type == "CE":
             return F.cross_entropy(h @ items.T, targets)
-        history = torch.cat([item_seq, pos_items.unsqueeze(1)], dim=1)
-        negatives = self._sample_negatives(history, valid.size(1))[valid]
         pos_score = (h * items[targets]).sum(-1)
         neg_score = (h * items[negatives]).sum(-1)
         if self.loss_type == "BPR":
@@ -249,7 +324,7 @@ class DualViewRecommender(SequentialRecommender):
 
     def on_epoch_start(self) -> None:
         """Called by the trainer before each training epoch."""
-        if self.use_distillation and self.teacher_refresh_steps <= 0:
+        if self.use_distillation and self.teacher_update == "epoch":
             self.bank_fresh = False
 
     @torch.no_grad()
@@ -272,6 +347,7 @@ class DualViewRecommender(SequentialRecommender):
         valid = (neighbors > 0) & (self.teacher_len[neighbors] > 0)
         if self.teacher_mode == "memory_bank":
             if not self.bank_fresh or 0 < self.teacher_refresh_steps <= self.steps_since_refresh:
+                # epoch: every epoch; batch: once at the start (then the students keep it current)
                 self.refresh_user_bank()
             self.steps_since_refresh += 1
             reps = self.user_bank[neighbors]
@@ -288,6 +364,25 @@ class DualViewRecommender(SequentialRecommender):
         if not has_teacher.any():
             return student.new_zeros(())
         return F.mse_loss(student[has_teacher], target[has_teacher])
+
+
+class _Ridge:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight, self.bias = weight, bias
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.double() @ self.weight + self.bias).float()
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-2) -> _Ridge:
+    """Least squares ``y ~ x W + b`` with an L2 penalty scaled to the data (float64 for stability)."""
+    x, y = x.double(), y.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc = x - x_mean
+    gram = xc.T @ xc
+    gram += lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    weight = torch.linalg.solve(gram, xc.T @ (y - y_mean))
+    return _Ridge(weight, y_mean - x_mean @ weight)
 
 
 def _flag(config, key: str) -> bool:

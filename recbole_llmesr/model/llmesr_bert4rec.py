@@ -20,7 +20,10 @@ class LLMESR_BERT4Rec(DualViewRecommender):
         self.mask_ratio = config["mask_ratio"]
         self.ft_ratio = config["ft_ratio"]
         super().__init__(config, dataset)
-        self.mask_token = self.n_items
+
+    @property
+    def mask_token(self) -> int:
+        return self.n_items  # the row after the items; moves when cold-start items are added
 
     def build_encoder(self, config):
         return TransformerEncoder(config, self.max_seq_length + 1, causal=False)
