@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="quality_beauty")
     p.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=BACKBONES)
     p.add_argument("--ablations", action="store_true", help="run the ablation table instead of the baselines")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 42, 43, ... (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--first_seed", type=int, default=42, help="seeds first_seed, first_seed + 1, ... (default 42)")
     p.add_argument("--epochs", type=int, default=200, help="epoch budget per run (paper: 200)")
     p.add_argument("--stopping_step", type=int, default=20, help="patience on validation NDCG@10 (paper: 20)")
     p.add_argument("--eval_mode", default="paper100", help="validation and first test protocol (default: the paper's)")
@@ -167,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     common = settings(args)
-    seeds = [42 + i for i in range(args.seeds)]
+    seeds = [args.first_seed + i for i in range(args.seeds)]
     if args.ablations:
         path = write_ablations(args, run_ablations(args, common, seeds))
     else:

@@ -11,6 +11,7 @@ In ``<data_path>/<dataset>/``:
 Everything is keyed by the *original* token, never by RecBole's internal id, which depends on load order.
 """
 import json
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -48,8 +49,9 @@ def load_embeddings(path, expected_dim: Optional[int] = None) -> Tuple[np.ndarra
     try:
         with np.load(path, allow_pickle=False) as data:
             tokens, emb = data["tokens"], data["embeddings"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ArtifactError(f"{path} is not a valid embedding file (tokens + embeddings): {err}") from err
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # truncated files: BadZipFile
+        raise ArtifactError(f"{path} is not a valid embedding file (tokens + embeddings): {err}; rebuild it with "
+                            f"`llmesr-prepare --force`") from err
     if emb.ndim != 2 or len(tokens) != len(emb):
         raise ArtifactError(f"{path}: {len(tokens)} tokens but embeddings of shape {emb.shape}")
     if expected_dim is not None and emb.shape[1] != expected_dim:
@@ -73,8 +75,12 @@ def load_neighbors(path) -> Tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist; run `llmesr-prepare` for this dataset first")
-    with np.load(path, allow_pickle=False) as data:
-        tokens, neighbors = data["tokens"], data["neighbors"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tokens, neighbors = data["tokens"], data["neighbors"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ArtifactError(f"{path} is not a valid similar-user file (tokens + neighbors): {err}; rebuild it with "
+                            f"`llmesr-prepare --force`") from err
     if neighbors.ndim != 2 or len(neighbors) != len(tokens):
         raise ArtifactError(f"{path}: {len(tokens)} users but a neighbour table of shape {neighbors.shape}")
     if neighbors.size and (neighbors.min() < -1 or neighbors.max() >= len(tokens)):

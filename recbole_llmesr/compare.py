@@ -72,9 +72,22 @@ def _fingerprint(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with credentials removed from every URL string (an embedder_base_url override can carry them)."""
+    from recbole_llmesr.embedders import redact_url
+
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(json.dumps(_redacted(data), indent=2, default=str))
     os.replace(tmp, path)  # an interrupted write never leaves a half file that would count as done
 
 

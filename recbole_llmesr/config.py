@@ -1,4 +1,5 @@
 """RecBole ``Config`` that knows the plugin's models, property files and data folder."""
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -6,6 +7,7 @@ import torch
 from recbole.config import Config
 
 from recbole_llmesr.compat import apply_numpy_shim
+from recbole_llmesr.embedders import redact_url
 from recbole_llmesr.evaluation import add_group_metrics, paper_sample_num, register_metrics
 from recbole_llmesr.registry import get_model
 
@@ -34,6 +36,26 @@ class LLMESRConfig(Config):
     (``properties/overall.yaml``, ``properties/model/<Model>.yaml``, ``properties/dataset/<dataset>.yaml``)
     > RecBole's own YAML.
     """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        self._hide_url_credentials()
+
+    def _hide_url_credentials(self) -> None:
+        """Keep the ``user:password@`` of URL values (``embedder_base_url``) out of ``final_config_dict``:
+        RecBole logs it, tensorboard records it and checkpoints store it. :meth:`unredacted` gives the
+        real value to the code that connects."""
+        self._credentialed = {}
+        for key, value in self.final_config_dict.items():
+            if isinstance(value, str) and redact_url(value) != value:
+                self._credentialed[key] = value
+                self.final_config_dict[key] = redact_url(value)
+
+    def unredacted(self, key: str):
+        """``self[key]``, with URL credentials that were hidden from dumps put back."""
+        value = self[key]
+        real = getattr(self, "_credentialed", {}).get(key)
+        return real if real is not None and isinstance(value, str) and redact_url(real) == value else value
 
     def compatibility_settings(self):
         apply_numpy_shim()  # RecBole's version assumes numpy < 2
@@ -81,10 +103,15 @@ class LLMESRConfig(Config):
         self.final_config_dict[f"{phase}_neg_sample_args"] = {"distribution": "uniform", "sample_num": num}
 
     def _init_device(self):
-        if "local_rank" in self.final_config_dict and not self._use_cuda():
+        distributed = "local_rank" in self.final_config_dict
+        if distributed and not self._use_cuda():
             self._init_cpu_distributed()
         else:
             super()._init_device()
+        if distributed:
+            # The ranks leave the rendezvous together and RecBole's init_logger then checks-then-creates
+            # ./log/<model> in each of them: the loser of that race dies with FileExistsError.
+            os.makedirs(os.path.join("log", str(self.final_config_dict["model"])), exist_ok=True)
 
     def _use_cuda(self) -> bool:
         gpu_id = self.final_config_dict["gpu_id"]

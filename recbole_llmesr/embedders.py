@@ -16,7 +16,10 @@ immediately, so an interrupted run resumes where it stopped and never pays twice
 
 Secrets: the API key is read from ``OPENAI_API_KEY`` only. It is handed to the ``openai`` client and
 kept nowhere else: not in :meth:`Embedder.identity` (hence not in cache paths or manifests), not in
-``repr``/``str``, not in log lines, and it is scrubbed from any server message we re-raise.
+``repr``/``str``, not in log lines, and it is scrubbed from any server message we re-raise. A base URL
+may carry ``user:password@`` for a server behind basic auth (openai-compatible, no API key): they are sent
+as the Basic auth header, the client and every message only see the URL without them (:func:`redact_url`),
+and with an API key set such a URL is refused (the credentials would replace the key).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 import uuid
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -60,6 +64,7 @@ __all__ = [
     "default_cache_root",
     "KINDS",
     "OPENAI_MODELS",
+    "redact_url",
 ]
 
 KINDS = ("sentence-transformers", "openai", "openai-compatible")
@@ -333,6 +338,29 @@ class SentenceTransformerEmbedder(Embedder):
         return {"kind": self.kind, "model": self.model, "dim": self.dim, "normalized": True}
 
 
+#: What stands in for a secret in messages, dumps and redacted URLs.
+REDACTED = "***"
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its ``user:password@`` part, if any, replaced by ``***@`` (a URL can carry credentials)."""
+    return _URL_USERINFO.sub(rf"\g<1>{REDACTED}@", url)
+
+
+def _url_secrets(url: str) -> List[str]:
+    """The credentials of ``url`` in every form a message could repeat them: as written, decoded, and as
+    the Basic auth token the HTTP client derives from them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return []
+    user, password = parts.username or "", parts.password or ""
+    plain_user, plain_password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+    basic = base64.b64encode(f"{plain_user}:{plain_password}".encode("utf-8")).decode("ascii")
+    # Longest first, so a secret that contains another is replaced whole.
+    return sorted({s for s in (password, plain_password, basic) if len(s) >= 4}, key=len, reverse=True)
+
+
 def _parse_retry_after(headers: Any) -> Optional[float]:
     """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date), if any."""
     if headers is None:
@@ -424,8 +452,30 @@ class OpenAIEmbedder(Embedder):
         self._openai = openai
         # max_retries=0: the client's own retries would hide failures from our accounting and ignore
         # our backoff settings. The key lives only inside the client from here on.
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=self.timeout)
-        self.base_url = str(self._client.base_url).rstrip("/")
+        # As the client would resolve it (it also reads OPENAI_BASE_URL), to look for credentials first.
+        full_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.base_url = redact_url(full_url)  # for messages; the credentials live only in the client
+        self._secrets = _url_secrets(full_url) + ([key] if key != PLACEHOLDER_API_KEY else [])
+        headers = None
+        if self.base_url != full_url:
+            parts = urllib.parse.urlsplit(full_url)
+            if REDACTED in parts.netloc.rsplit("@", 1)[0]:
+                raise EmbeddingConfigError(
+                    f"base_url {self.base_url} holds redacted credentials (configs and checkpoints never store "
+                    f"them); pass the URL with its real user:password")
+            if key != PLACEHOLDER_API_KEY:
+                raise EmbeddingConfigError(
+                    f"base_url {self.base_url} carries user:password, which would be sent as Basic auth instead "
+                    f"of the key in OPENAI_API_KEY; remove them from the URL (or unset OPENAI_API_KEY for a "
+                    f"server behind basic auth)")
+            # Sent as the Basic auth header they stand for (what httpx itself would do with them), while
+            # the URL the client holds, and which httpx and openai write to their logs, has none.
+            user, password = (urllib.parse.unquote(x or "") for x in (parts.username, parts.password))
+            token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+            headers = {"Authorization": f"Basic {token}"}
+            full_url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+        self._client = openai.OpenAI(api_key=key, base_url=full_url, max_retries=0, timeout=self.timeout,
+                                     default_headers=headers)
         if dim is None:
             # Unknown model / local server: one tiny request tells us the dimension (and fails early,
             # naming the URL, if the server is unreachable).
@@ -436,9 +486,8 @@ class OpenAIEmbedder(Embedder):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        key = getattr(self._client, "api_key", None) if hasattr(self, "_client") else None
-        if isinstance(key, str) and key and key != PLACEHOLDER_API_KEY:
-            text = text.replace(key, "***")
+        for secret in getattr(self, "_secrets", ()):
+            text = text.replace(secret, REDACTED)
         return text
 
     def _describe(self, exc: BaseException) -> str:

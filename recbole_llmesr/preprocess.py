@@ -58,6 +58,7 @@ from recbole_llmesr.embedders import (
     embed_texts,
     estimate_cost,
     identity_slug,
+    redact_url,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,15 +149,12 @@ def _normalise_kind(kind: str) -> str:
 
 def _embedder_request(kind: str, model: Optional[str], dim: Optional[int], base_url: Optional[str]) -> Dict[str, Any]:
     """What was asked for (a cheap stand-in for the identity, so a fresh dataset needs no model load).
-    ``base_url`` is stored only as a hash: URLs can carry credentials."""
+    ``base_url`` is stored only as a hash, and without its ``user:password@``: a fast hash of a URL that
+    holds a password would let anyone with the manifest test guesses of it."""
     if kind == "sentence-transformers" and model is not None and os.path.isdir(os.path.expanduser(model)):
         model = str(Path(model).expanduser().resolve())
-    return {
-        "kind": kind,
-        "model": model,
-        "dim": None if dim is None else int(dim),
-        "base_url_sha256": None if not base_url else hashlib.sha256(base_url.encode("utf-8")).hexdigest()[:16],
-    }
+    url_hash = None if not base_url else hashlib.sha256(redact_url(base_url).encode("utf-8")).hexdigest()[:16]
+    return {"kind": kind, "model": model, "dim": None if dim is None else int(dim), "base_url_sha256": url_hash}
 
 
 def _get_embedder(kind: str, model: Optional[str], base_url: Optional[str], dim: Optional[int]) -> Embedder:
@@ -306,6 +304,16 @@ def _texts(ds: readers.RawDataset, source: str, template: str, max_chars: int, u
     if not columns:
         logger.warning("dataset %r has no item text columns: every item gets the same text, so the "
                        "semantic view carries no information", ds.name)
+    else:
+        # Policy: an item with no text (no row in the item file, or only empty / whitespace fields) is
+        # embedded like any other, its fields rendered as "unknown" (the paper's missing-field handling).
+        # Such items get one and the same text, so say which they are.
+        blank = ds.items[columns].apply(lambda col: col.astype(str).str.strip() == "").all(axis=1)
+        if blank.any():
+            ids = ds.items.loc[blank, readers.ITEM].tolist()
+            logger.warning("dataset %r: %d of %d items have no text (no row in the item file, or only empty "
+                           "fields), e.g. %s; they are embedded with every field as %r", ds.name, len(ids),
+                           len(ds.items), ", ".join(ids[:10]), T.UNKNOWN)
     text, label, missing = choose_template(columns, ds.name, source, template)
     try:
         items = T.item_texts(ds.items, text, max_chars, missing_fields=missing)
@@ -669,6 +677,13 @@ def _cfg(config: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _unredacted_cfg(config: Any, key: str) -> Any:
+    """``config[key]`` with the URL credentials that :class:`~recbole_llmesr.config.LLMESRConfig` hides from
+    its dumps put back: connecting needs them."""
+    unredacted = getattr(config, "unredacted", None)
+    return unredacted(key) if unredacted is not None else _cfg(config, key)
+
+
 def _data_root(config: Any) -> str:
     """The data folder the user configured (RecBole replaces data_path by the bundled ml-100k)."""
     root = _cfg(config, "data_root")
@@ -709,7 +724,7 @@ def ensure_prepared(config: Any) -> None:
     kw = dict(
         embedder=_cfg(config, "embedder", "sentence-transformers"),
         embedder_model=_cfg(config, "embedder_model"),
-        base_url=_cfg(config, "embedder_base_url"),
+        base_url=_unredacted_cfg(config, "embedder_base_url"),
         dim=_cfg(config, "embedder_dim"),
         template=_cfg(config, "text_template", "auto"),
         max_chars=_cfg(config, "text_max_chars", 2048),

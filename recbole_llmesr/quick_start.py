@@ -13,6 +13,7 @@ import torch.distributed as dist
 from recbole.utils import ensure_dir, get_environment, init_logger, init_seed, set_color
 
 from recbole_llmesr.config import LLMESRConfig
+from recbole_llmesr.embedders import redact_url
 from recbole_llmesr.evaluation import data_preparation
 from recbole_llmesr.registry import create_dataset, get_model, get_trainer
 
@@ -65,7 +66,7 @@ def run_recbole(
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    logger.info(sys.argv)
+    logger.info([redact_url(arg) for arg in sys.argv])  # a --embedder_base_url can carry credentials
     logger.info(config)
 
     prepare = getattr(config.model_class, "prepare_data", None)
@@ -120,6 +121,8 @@ def evaluate_with_mode(config, trainer, mode: str) -> dict:
     try:
         config._set_eval_neg_sample_args("test")
         _, _, test_data = data_preparation(config, create_dataset(config))
+        if not config["single_spec"]:  # DDP: rank 0 scores the whole split, as for the main test
+            return trainer._evaluate_on_rank0(test_data, config["show_progress"])
         return trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
     finally:
         eval_args["mode"] = {**eval_args["mode"], "test": original}

@@ -528,6 +528,7 @@ def _read_atomic_item(path: str, item_field: str, on_bad_line: str,
     ii = names.index(item_field)
     columns = [n for n in names if n != item_field]
     meta: Dict[str, Dict[str, str]] = {}
+    first_line: Dict[str, int] = {}
     for lineno, row in rows:
         if len(row) != len(names):
             bad.handle(lineno, f"expected {len(names)} tab-separated fields, found {len(row)}")
@@ -536,8 +537,12 @@ def _read_atomic_item(path: str, item_field: str, on_bad_line: str,
         if not iid:
             bad.handle(lineno, f"empty {item_field!r}")
             continue
-        if iid not in meta:
-            meta[iid] = {n: _cell(v) for n, v in zip(names, row) if n != item_field}
+        if iid in meta:
+            # Which of two texts is the item's is a guess either way: a bad line (skip keeps the first).
+            bad.handle(lineno, f"duplicate {item_field} {iid!r} (first on line {first_line[iid]})")
+            continue
+        meta[iid] = {n: _cell(v) for n, v in zip(names, row) if n != item_field}
+        first_line[iid] = lineno
     bad.finish()
     return meta, columns
 
@@ -546,6 +551,7 @@ def _read_items_jsonl(path: str, on_bad_line: str, progress: Optional[bool],
                       id_key: str = ITEM) -> Tuple[Dict[str, Dict[str, str]], List[str]]:
     bad = _BadLines(on_bad_line, path)
     meta: Dict[str, Dict[str, str]] = {}
+    first_line: Dict[str, int] = {}
     columns: List[str] = []
     seen = set()
     for lineno, rec in _iter_records(path, _parse_json, bad, progress):
@@ -554,12 +560,15 @@ def _read_items_jsonl(path: str, on_bad_line: str, progress: Optional[bool],
         except _LineError as e:
             bad.handle(lineno, str(e))
             continue
+        if iid in meta:
+            bad.handle(lineno, f"duplicate {id_key} {iid!r} (first on line {first_line[iid]})")
+            continue
         for k in rec:
             if k != id_key and k not in seen:
                 seen.add(k)
                 columns.append(k)
-        if iid not in meta:
-            meta[iid] = {k: _text(v) for k, v in rec.items() if k != id_key}
+        meta[iid] = {k: _text(v) for k, v in rec.items() if k != id_key}
+        first_line[iid] = lineno
     bad.finish()
     return meta, columns
 
@@ -578,7 +587,8 @@ def read_atomic(path_or_dir: Any = None, name: Optional[str] = None, *, text_sou
 
     ``text_source``: ``"auto"`` uses ``<name>.items.jsonl[.gz]`` when present (one JSON object per line
     with ``item_id``; lists are joined with ``"; "``) and otherwise ``<name>.item``; ``"item"`` /
-    ``"jsonl"`` force one; ``"none"`` reads no item text. A missing item file means no text columns.
+    ``"jsonl"`` force one; ``"none"`` reads no item text. A missing item file means no text columns. An item
+id repeated in the item file is a bad line (``on_bad_line="skip"`` keeps its first line).
     """
     if path_or_dir is None:
         if name != "ml-100k":

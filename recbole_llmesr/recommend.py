@@ -337,6 +337,9 @@ def build_parser():
                    help="atomic .item file (or .items.jsonl) of items with text but no interactions, to add as candidates")
     p.add_argument("--cold-collab", choices=("regression", "pca", "zero"), default="regression",
                    help="collaborative-view vector of cold-start items (default: regression; see README)")
+    p.add_argument("--embedder-base-url", default=None,
+                   help="server of an openai-compatible embedder for --cold-items (default: the training config's; "
+                   "give it here when it carries credentials, which checkpoints store redacted)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: the training config's, else ~/.cache)")
     p.add_argument("--include-history", action="store_true", help="do not exclude the user's own items")
     p.add_argument("--batch-size", type=int, default=1024, help="users scored per batch")
@@ -369,7 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cold_items:
             data_dir = rec.config["data_path"]
             texts = cold_item_texts(args.cold_items, rec.config["dataset"], data_dir)
-            vectors = embed_cold_items(texts, rec.config["dataset"], data_dir, base_url=rec.config["embedder_base_url"],
+            vectors = embed_cold_items(texts, rec.config["dataset"], data_dir, base_url=args.embedder_base_url or rec.config["embedder_base_url"],
                                        cache_dir=args.cache_dir or rec.config["embedding_cache_dir"],
                                        show_progress=not args.quiet)
             add_cold_items(rec, list(texts), vectors, collab=args.cold_collab)

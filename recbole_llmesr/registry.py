@@ -108,7 +108,19 @@ def create_dataset(config):
     model_class = plugin_models().get(config["model"])
     dataset_class = getattr(model_class, "dataset_class", None)
     if dataset_class is None:
-        from recbole.data import create_dataset as recbole_create_dataset
+        from recbole.data import create_dataset as dataset_class
+    try:
+        return dataset_class(config)
+    except ValueError as err:
+        if "Some feat is empty" not in str(err):
+            raise
+        # RecBole's own words name neither the dataset nor the settings that emptied it.
+        from recbole_llmesr.readers import EmptyDatasetError
 
-        return recbole_create_dataset(config)
-    return dataset_class(config)
+        settings = {k: config[k] for k in ("user_inter_num_interval", "item_inter_num_interval", "val_interval")
+                    if config[k] is not None}
+        raise EmptyDatasetError(
+            f"dataset {config['dataset']!r} in {config['data_path']}: no interactions (or no users / items) are "
+            f"left after RecBole's loading and filtering ({settings or 'no filters set'}); check the .inter file "
+            f"and loosen these settings"
+        ) from err

@@ -12,6 +12,7 @@ import os
 import pickle
 
 import torch
+import torch.distributed as dist
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import EvaluatorType, set_color
 from torch.nn.parallel import DistributedDataParallel
@@ -86,10 +87,19 @@ class SafeCheckpointMixin:
 
     Mixed into RecBole's generic ``Trainer`` and into model-specific trainers alike. Also keeps autograd
     anomaly detection off and runs CPU DDP over gloo (RecBole's wrapper passes CUDA ``device_ids``).
+
+    Under DDP (gloo or NCCL) every rank uses rank 0's checkpoint name and waits for rank 0 to finish
+    writing it before reloading the best model, and the final test is scored by rank 0 alone on the whole
+    split (:meth:`_evaluate_on_rank0`). The config key ``save_rank_states: True`` makes every rank write
+    its final parameters to ``<checkpoint_dir>/rank<k>-final.pt``, to check that the ranks stayed in sync.
     """
 
     def __init__(self, config, model):
-        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        distributed = not config["single_spec"]
+        cpu_ddp = distributed and config["device"].type == "cpu"
+        if distributed:
+            # RecBole's check-then-create of the folder races between ranks (FileExistsError).
+            os.makedirs(config["checkpoint_dir"], exist_ok=True)
         if cpu_ddp:
             config["single_spec"] = True  # skip the parent's CUDA-only DDP wrapper, then wrap for CPU
         try:
@@ -99,6 +109,12 @@ class SafeCheckpointMixin:
                 config["single_spec"] = False
         if cpu_ddp:
             self.distributed_model = DistributedDataParallel(self.model)
+        if distributed:
+            # Each rank names the checkpoint after its own clock, but only rank 0 writes it and every rank
+            # reloads it for testing: all ranks must use rank 0's name.
+            names = [self.saved_model_file]
+            dist.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
         disable_anomaly_mode()
         self.eval_collector = GroupCollector(config)
         # One encoder pass per user instead of one per candidate, where the scores allow it.
@@ -114,6 +130,23 @@ class SafeCheckpointMixin:
         if hook is not None:
             hook()
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def fit(self, *args, **kwargs):
+        # *args: model-specific trainers (KG, pretraining, ...) take their own fit arguments.
+        result = super().fit(*args, **kwargs)
+        if self.config["save_rank_states"]:
+            self._save_rank_state()
+        return result
+
+    def _save_rank_state(self) -> None:
+        """Write this rank's final parameters to ``<checkpoint_dir>/rank<k>-final.pt`` (``save_rank_states``).
+
+        Only rank 0 writes checkpoints, so this is the one way to see that DDP ranks ended in sync."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        path = os.path.join(self.checkpoint_dir, f"rank{rank}-final.pt")
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save({"rank": rank, "state_dict": state}, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
 
     def _checkpoint_state(self, epoch: int) -> dict:
         to_dict = getattr(self.config, "to_dict", None)
@@ -168,12 +201,40 @@ class SafeCheckpointMixin:
         if eval_data:
             self.eval_collector.start_evaluation(eval_data)  # this phase's user lengths (and, if not fit, item counts)
         if eval_data and load_best_model:
+            if not self.config["single_spec"]:
+                dist.barrier()  # rank 0 may still be writing the best model the other ranks are about to read
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+            if not self.config["single_spec"]:
+                return self._evaluate_on_rank0(eval_data, show_progress)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _evaluate_on_rank0(self, eval_data, show_progress=False):
+        """The final test under DDP: rank 0 scores the whole split alone; every rank returns its result.
+
+        RecBole's DDP evaluation averages per-rank metrics weighted by sample counts, but the
+        DistributedSampler pads the shards by repeating users and the long-tail groups are split per
+        shard, so that average is only approximate. Validation during training keeps it (every rank
+        must agree on early stopping); the reported test metrics do not.
+        """
+        result = [None]
+        if dist.get_rank() == 0:
+            self.config["single_spec"] = True  # no collectives, no sharding while rank 0 works alone
+            try:
+                # The same loader without the DistributedSampler (RecBole builds it only when single_spec is off).
+                whole = type(eval_data)(self.config, eval_data._dataset, eval_data._sampler, shuffle=False)
+                stats = getattr(eval_data, "long_tail_stats", None)  # set by evaluation.data_preparation
+                if stats is not None:
+                    whole.long_tail_stats = stats
+                self.eval_collector.start_evaluation(whole)
+                result[0] = super().evaluate(whole, load_best_model=False, show_progress=show_progress)
+            finally:
+                self.config["single_spec"] = False
+        dist.broadcast_object_list(result, src=0)
+        return result[0]
 
 
 class Trainer(SafeCheckpointMixin, RecBoleTrainer):

@@ -84,3 +84,15 @@ def test_cold_start_smoke(tmp_path):
     warm_items = (root / "tiny_warm" / "tiny_warm.item").read_text()
     cold_items = (root / "tiny_warm.cold.item").read_text().splitlines()[1:]
     assert len(cold_items) == 8 and not any(line.split("\t")[0] + "\t" in warm_items for line in cold_items)
+
+
+def test_eval_cost_smoke(tiny):
+    from benchmarks import eval_cost
+
+    res = eval_cost.run(dataset="tiny", repeats=1, slow=True, threads=1, settings=tiny["config"], paper_n=10)
+    rows = res["rows"]
+    assert set(rows) == {"full", "paper10", "paper10 (RecBole predict path)"}
+    assert rows["full"]["ratio_to_full"] == 1.0 and all(r["eval_s"] > 0 for r in rows.values())
+    # Both sampled paths rank the same candidates with the same model: identical metrics.
+    assert rows["paper10"]["metrics"] == rows["paper10 (RecBole predict path)"]["metrics"]
+    assert "/ full ranking" in eval_cost.table(res)
