@@ -106,6 +106,7 @@ def train(model: str, warm_name: str, args, extra: Dict[str, Any]) -> Dict[str, 
 
 
 def evaluate(rec: recommend.Recommender, data, k: int) -> Dict[str, float]:
+    """Among all items (the benchmark), and among the cold items only (context: a new-arrivals shelf)."""
     uids, histories, targets = cold_cases(data, rec)
     index = {t: i for i, t in enumerate(rec.item_tokens)}
     # Items the model does not know score -inf: they are appended as unscorable columns.
@@ -113,7 +114,12 @@ def evaluate(rec: recommend.Recommender, data, k: int) -> Dict[str, float]:
     for t in missing:
         index[t] = len(rec.item_tokens)
         rec.item_tokens.append(t)
-    return recommend.evaluate_cases(rec, uids, histories, np.array([index[t] for t in targets]), k=k)
+    target_ids = np.array([index[t] for t in targets])
+    result = recommend.evaluate_cases(rec, uids, histories, target_ids, k=k)
+    cold_ids = np.array(sorted(index[t] for t in data["cold"] if t in index))
+    among_cold = recommend.evaluate_cases(rec, uids, histories, target_ids, k=k, candidates=cold_ids)
+    result.update({f"cold_only_{key}": value for key, value in among_cold.items() if key != "cases"})
+    return result
 
 
 def run(args) -> Dict[str, Any]:
@@ -146,9 +152,11 @@ def run(args) -> Dict[str, Any]:
 
 
 def table(res: Dict[str, Any], k: int = 10) -> str:
-    lines = [f"| model | HR@{k} | NDCG@{k} | cases |", "|---|---|---|---|"]
+    lines = [f"| model | HR@{k} | NDCG@{k} | HR@{k} among cold items only | NDCG@{k} among cold items only | cases |",
+             "|---|---|---|---|---|---|"]
     for name, r in res["rows"].items():
-        lines.append(f"| {name} | {r[f'hit@{k}']:.4f} | {r[f'ndcg@{k}']:.4f} | {r['cases']:,} |")
+        lines.append(f"| {name} | {r[f'hit@{k}']:.4f} | {r[f'ndcg@{k}']:.4f} | {r[f'cold_only_hit@{k}']:.4f} | "
+                     f"{r[f'cold_only_ndcg@{k}']:.4f} | {r['cases']:,} |")
     return "\n".join(lines) + "\n"
 
 

@@ -242,10 +242,14 @@ def add_cold_items(rec: Recommender, tokens: Sequence[str], vectors: np.ndarray,
 
 
 def evaluate_cases(rec: Recommender, uids: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
-                   k: int = 10, batch_size: int = 1024) -> Dict[str, float]:
-    """HR@k and NDCG@k of ranking each case's target among all candidate items (cold-start ones included),
-    the case's history excluded. Ties count against the target, so a model that cannot score an item
-    (score -inf, e.g. SASRec on a cold-start item) never hits it."""
+                   k: int = 10, batch_size: int = 1024, candidates: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """HR@k and NDCG@k of ranking each case's target among all items (cold-start ones included), or among
+    ``candidates`` (internal ids), the case's history excluded. Ties count against the target, so a model
+    that cannot score an item (score -inf, e.g. SASRec on a cold-start item) never hits it."""
+    allowed = None
+    if candidates is not None:
+        allowed = torch.zeros(rec.n_items, dtype=torch.bool)
+        allowed[torch.as_tensor(np.asarray(candidates), dtype=torch.long)] = True
     hits = np.zeros(len(uids))
     ndcg = np.zeros(len(uids))
     for start in range(0, len(uids), batch_size):
@@ -253,6 +257,8 @@ def evaluate_cases(rec: Recommender, uids: np.ndarray, histories: Sequence[np.nd
         hist = list(histories[sl])
         scores = rec.scores(np.asarray(uids[sl]), hist)
         scores[:, 0] = -torch.inf
+        if allowed is not None:
+            scores[:, ~allowed] = -torch.inf
         rows = np.concatenate([np.full(len(h), r) for r, h in enumerate(hist)])
         scores[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(np.concatenate(hist), dtype=torch.long)] = -torch.inf
         target = torch.as_tensor(np.asarray(targets[sl]), dtype=torch.long)

@@ -83,13 +83,19 @@ def test_cli_users_jsonl_and_clear_errors(tiny, tmp_path, capsys):
     assert not (tmp_path / "recs.jsonl.tmp").exists()
 
 
-def test_stock_recbole_model_exports_but_refuses_cold_items(tiny, tmp_path, capsys):
-    ckpt = _train("SASRec", {**tiny["config"], "epochs": 1})
+@pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "LLMESR_GRU4Rec", "LLMESR_BERT4Rec"])
+def test_other_models_export_and_only_llmesr_takes_cold_items(model, tiny):
+    ckpt = _train(model, {**tiny["config"], "epochs": 1})
     rec = recommend.load_recommender(str(ckpt))
-    items, _ = rec.topk(rec.user_ids(["u0"]), k=4)
-    assert len(set(items[0])) == 4 and 0 not in items[0]
-    with pytest.raises(recommend.RecommendError, match="SASRec cannot rank items without interactions"):
-        recommend.add_cold_items(rec, ["new"], np.zeros((1, 16), dtype=np.float32))
+    uid = rec.user_ids(["u0"])
+    items, _ = rec.topk(uid, k=4)
+    assert len(set(items[0])) == 4 and 0 not in items[0] and not set(items[0]) & set(rec.histories[uid[0]])
+    if model.startswith("LLMESR_"):
+        recommend.add_cold_items(rec, ["new"], np.ones((1, 16), dtype=np.float32))
+        assert rec.scores(uid).shape[1] == rec.n_items == 32  # 30 items, [PAD] and the new one
+    else:
+        with pytest.raises(recommend.RecommendError, match=f"{model} cannot rank items without interactions"):
+            recommend.add_cold_items(rec, ["new"], np.zeros((1, 16), dtype=np.float32))
 
 
 # ---- cold-start items, with the real offline embedder -----------------------------------------------

@@ -166,7 +166,8 @@ class DualViewRecommender(SequentialRecommender):
         like any item. The collaborative view has no trained vector for them; ``collab`` chooses one:
 
         - ``regression``: a ridge map from LLM embeddings to the *trained* ID embeddings, fitted on the
-          known items. It follows training, which moved the IDs away from their initialisation.
+          known items, rescaled to their mean norm. It follows training, which moved the IDs away from
+          their initialisation.
         - ``pca``: the PCA projection used by ``id_init: pca`` at initialisation.
         - ``zero``: no collaborative signal; the item is ranked by the semantic view alone.
         """
@@ -189,6 +190,9 @@ class DualViewRecommender(SequentialRecommender):
             ids = self.item_embedding.weight
             if collab == "regression":
                 new_ids = _ridge(known[1:], ids[1 : self.n_items]).predict(llm_vectors)
+                # Ridge predictions shrink towards the mean; give them the known items' mean norm, or the
+                # new items would lose every dot product to trained ones by their length alone.
+                new_ids = new_ids * (ids[1 : self.n_items].norm(dim=1).mean() / new_ids.norm(dim=1).mean().clamp(min=1e-12))
             elif collab == "pca":
                 new_ids = torch.from_numpy(self._pca(known).transform(llm_vectors.cpu().numpy())).to(ids)
             else:
