@@ -167,6 +167,7 @@ def run_once(
         "best_valid_score": result["best_valid_score"],
         "test": {k: float(v) for k, v in result["test_result"].items()},
         "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+        "history": result.get("history", []),
         "fingerprint": _fingerprint(spec),
         "spec": spec,
     }

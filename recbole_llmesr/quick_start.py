@@ -60,7 +60,8 @@ def run_recbole(
     """Train ``model`` on ``dataset``, reload the best checkpoint and test it.
 
     Returns RecBole's result dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``
-    and ``test_result``.
+    and ``test_result``, plus ``history``: one ``{epoch, train_s, valid_score}`` per validation, with
+    cumulative training seconds (validation time excluded).
     """
     config = LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -100,6 +101,8 @@ def run_recbole(
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        # Per validation: epoch, cumulative training seconds, score (benchmarks' time to best).
+        "history": getattr(trainer, "history", []),
     }
     if not config["single_spec"]:
         dist.destroy_process_group()

@@ -10,6 +10,8 @@ The mixin also installs the long-tail group metrics' collector and the fast samp
 """
 import os
 import pickle
+import time
+from typing import List
 
 import torch
 import torch.distributed as dist
@@ -116,6 +118,10 @@ class SafeCheckpointMixin:
             dist.broadcast_object_list(names, src=0)
             self.saved_model_file = names[0]
         disable_anomaly_mode()
+        #: One entry per validation: epoch, cumulative training seconds, validation score.
+        self.history: List[dict] = []
+        self.train_seconds = 0.0
+        self._epoch = -1
         self.eval_collector = GroupCollector(config)
         # One encoder pass per user instead of one per candidate, where the scores allow it.
         self.fast_sampled_eval = (
@@ -125,11 +131,21 @@ class SafeCheckpointMixin:
         )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        start = time.perf_counter()
         # Models with per-epoch state (the LLM-ESR teacher memory bank) refresh it here.
         hook = getattr(self.model, "on_epoch_start", None)
         if hook is not None:
             hook()
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self.train_seconds += time.perf_counter() - start
+        self._epoch = epoch_idx
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        # Training time only (validation excluded), so that time-to-best compares training modes.
+        self.history.append({"epoch": self._epoch, "train_s": round(self.train_seconds, 3), "valid_score": float(score)})
+        return score, result
 
     def fit(self, *args, **kwargs):
         # *args: model-specific trainers (KG, pretraining, ...) take their own fit arguments.

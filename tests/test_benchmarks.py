@@ -2,6 +2,8 @@
 assertions (machines are shared and noisy)."""
 import json
 import sys
+
+import pytest
 from pathlib import Path
 
 # benchmarks/ sits at the repository root, which is not on sys.path under pytest (tests/ has no __init__).
@@ -56,6 +58,9 @@ def test_quality_smoke_backbone_and_ablations(tiny, tmp_path):
     runs = sorted(p.name for p in (tmp_path / "q" / "SASRec" / "runs").glob("*.json"))
     assert runs == ["LLMESR_SASRec-seed42.json", "LLMESR_SASRec-seed43.json", "SASRec-seed42.json", "SASRec-seed43.json"]
 
+    # --variants splits the rows over processes; a later full run reuses them.
+    only = quality.main(common + ["--ablations", "--seeds", "1", "--variants", "w/o SD"]).read_text()
+    assert "| w/o SD |" in only and "| w/o CA |" not in only
     path = quality.main(common + ["--ablations", "--seeds", "1"])
     table = path.read_text()
     for label in quality.ABLATIONS:
@@ -96,3 +101,30 @@ def test_eval_cost_smoke(tiny):
     # Both sampled paths rank the same candidates with the same model: identical metrics.
     assert rows["paper10"]["metrics"] == rows["paper10 (RecBole predict path)"]["metrics"]
     assert "/ full ranking" in eval_cost.table(res)
+
+
+def test_convergence_smoke_and_history(tiny, tmp_path):
+    from benchmarks import convergence
+
+    args = ["--study", "teacher", "--dataset", "tiny", "--data_path", tiny["config"]["data_path"],
+            "--output", str(tmp_path / "c"), "--seeds", "2", "--epochs", "3", "--stopping_step", "3",
+            "--eval_mode", "paper10", "--threads", "1", "--timing_epochs", "1", "--max_batches", "2",
+            "hidden_size=8", "inner_size=16", "train_batch_size=64"]
+    rep = convergence.main(args)
+    assert list(rep["rows"]) == list(convergence.STUDIES["teacher"])
+    ref = rep["rows"][rep["reference"]]
+    assert ref["s_per_epoch_vs_ref"] == 1.0 and ref["ndcg@10"]["relative"] == 0.0
+    for row in rep["rows"].values():
+        assert row["seeds"] == [42, 43] and row["epochs"] == 3 and 0 <= row["best_epoch"] <= 2
+        assert row["s_per_epoch"] > 0 and row["run_s_per_epoch"] > 0
+        assert row["train_s_to_best"] == pytest.approx((row["best_epoch"] + 1) * row["s_per_epoch"])
+    # The trainer's history: one entry per validation, cumulative training seconds, the run's best score.
+    record = json.loads(next((tmp_path / "c" / "teacher" / "runs").glob("online*-seed42.json")).read_text())
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(a["train_s"] < b["train_s"] for a, b in zip(history, history[1:]))
+    assert max(h["valid_score"] for h in history) == record["best_valid_score"]
+    text = (tmp_path / "c" / "teacher.md").read_text()
+    assert "| online (official) |" in text and "train s to best" in text
+    with pytest.raises(SystemExit, match="unknown variants"):
+        convergence.main(args + ["--variants", "nope"])
