@@ -66,7 +66,7 @@ def test_two_process_training_keeps_ranks_identical(tiny, tmp_path):
 
     # The result is rank 0's, and its test metrics are those of one process over the whole test split, not
     # RecBole's per-shard average (padded shards, per-shard long-tail groups).
-    assert set(result) == {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result"}
+    assert set(result) == {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result", "history"}
     expected = single_process_test({**tiny["config"], "checkpoint_dir": str(tmp_path / "eval")}, checkpoint)
     assert dict(result["test_result"]) == expected
     assert "ndcg@10" in expected and "share_tail_user" in expected

@@ -20,7 +20,10 @@ def _checkpoint(tmp_path) -> Path:
 @pytest.mark.parametrize("model", ["SASRec", "GRU4Rec", "BERT4Rec"])
 def test_recbole_baselines_train_reload_and_test(model, tiny, tmp_path):
     result = run_recbole(model=model, dataset="tiny", config_dict=tiny["config"])
-    assert set(result) == {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result"}
+    assert set(result) == {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result", "history"}
+    # One history entry per validated epoch; the best score is one of them.
+    assert [h["epoch"] for h in result["history"]] == list(range(tiny["config"]["epochs"]))
+    assert result["best_valid_score"] in [h["valid_score"] for h in result["history"]]
     assert {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"} <= set(result["test_result"])
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
     checkpoint = torch.load(_checkpoint(tmp_path), weights_only=True)
