@@ -153,19 +153,6 @@ def run(dataset: str = "ml-100k", epochs: int = 3, max_batches: Optional[int] = 
             "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def converge(dataset: str, seed: int, config_dict: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Full training (early stopping) with each teacher mode; test NDCG@10 of each. Slow: opt-in."""
-    from recbole_llmesr.quick_start import run_recbole
-
-    out = {}
-    for mode in ("memory_bank", "online"):
-        t0 = time.perf_counter()
-        res = run_recbole(model="LLMESR_SASRec", dataset=dataset,
-                          config_dict={"seed": seed, "teacher_mode": mode, **QUIET, **(config_dict or {})})
-        out[mode] = {"test_ndcg@10": float(res["test_result"]["ndcg@10"]), "wall_s": time.perf_counter() - t0}
-    return out
-
-
 def table(res: Dict[str, Any]) -> str:
     lines = ["| variant | model | train_mode | batch | s/epoch | batches timed / epoch | peak RSS (MB) |",
              "|---|---|---|---|---|---|---|"]
@@ -189,7 +176,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS subprocesses")
-    p.add_argument("--train-to-convergence", action="store_true", help="also train memory_bank and online to the end (slow)")
     p.add_argument("--json", help="write results here")
     p.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="RecBole settings for every variant, e.g. data_path=...")
     a = p.parse_args(argv)
@@ -199,9 +185,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     res = run(a.dataset, a.epochs, a.max_batches, a.seed, a.threads, not a.no_memory, a.variants, extra)
     res["settings"] = extra
     print(table(res))
-    if a.train_to_convergence:
-        res["convergence"] = converge(a.dataset, a.seed, extra)
-        print(json.dumps(res["convergence"], indent=2))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
