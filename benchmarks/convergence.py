@@ -50,14 +50,15 @@ STUDIES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 
 def summarize_run(record: dict) -> Dict[str, float]:
-    """Per run: best epoch, training seconds to it, median seconds per epoch, epochs trained."""
+    """Per run, from its own history: best epoch, epochs trained, and the run's own (machine-dependent)
+    training seconds to the best epoch and median seconds per epoch."""
     history = record.get("history") or []
     if not history:
         raise ValueError(f"run {record['model']} seed {record['seed']} has no training history; delete its JSON and rerun")
     best = max(history, key=lambda h: h["valid_score"])  # the first of equal scores, as RecBole keeps it
     per_epoch = [b["train_s"] - a["train_s"] for a, b in zip([{"train_s": 0.0}] + history, history)]
-    return {"best_epoch": best["epoch"], "train_s_to_best": best["train_s"], "epochs": len(history),
-            "s_per_epoch": statistics.median(per_epoch), "train_s": history[-1]["train_s"]}
+    return {"best_epoch": best["epoch"], "epochs": len(history), "run_train_s_to_best": best["train_s"],
+            "run_s_per_epoch": statistics.median(per_epoch)}
 
 
 def side_by_side(dataset: str, common: Dict[str, Any], study: Dict[str, Dict[str, Any]], epochs: int,
@@ -84,8 +85,8 @@ def report(runs: Dict[str, List[dict]], speed: Dict[str, float], metric: str = "
     for label, records in runs.items():
         timing = [summarize_run(r) for r in records]
         row: Dict[str, Any] = {"seeds": [r["seed"] for r in records]}
-        for key in ("s_per_epoch", "best_epoch", "train_s_to_best", "epochs"):
-            row["run_" + key if key in ("s_per_epoch", "train_s_to_best") else key] = statistics.mean(t[key] for t in timing)
+        for key in timing[0]:
+            row[key] = statistics.mean(t[key] for t in timing)
         row["s_per_epoch"] = speed[label]
         row["train_s_to_best"] = (row["best_epoch"] + 1) * speed[label]
         for mode in ("", "full:"):
