@@ -15,6 +15,8 @@ class LLMESRDataset(SequentialDataset):
 
     - ``llm_item_emb``: float32 tensor ``[item_num, d]``, row 0 ([PAD]) zero.
     - ``sim_users``: int64 tensor ``[user_num, k]`` of internal user ids, most similar first, 0 for none.
+    - ``item_counts`` (training split only, after ``build``): int64 tensor ``[item_num]``, each item's
+      training interactions.
 
     Embeddings are deliberately not loaded through ``.item`` ``float_seq`` columns (RecBole then drops
     the interactions of items missing from ``.item``) nor ``preload_weight`` (tokens absent from the
@@ -65,9 +67,21 @@ class LLMESRDataset(SequentialDataset):
 
     def build(self):
         datasets = super().build()
+        counts = self._training_item_counts(datasets[0])
         if self.config["train_mode"] == "sequence":
             datasets[0] = self._longest_prefix_per_user(datasets[0])
+        datasets[0].item_counts = counts
         return datasets
+
+    def _training_item_counts(self, train) -> torch.Tensor:
+        """``counts[item]``: the item's interactions in the training split.
+
+        Read from the one-row-per-prefix split before ``sequence`` mode drops rows: every training
+        interaction but a user's first is the target of one row, and the first heads the length-1 row.
+        """
+        inter = train.inter_feat
+        first = inter[self.item_id_list_field][inter[self.item_list_length_field] == 1, 0]
+        return torch.bincount(torch.cat([inter[self.iid_field], first]), minlength=self.item_num)
 
     def _longest_prefix_per_user(self, train):
         uid = train.inter_feat[self.uid_field].numpy()
