@@ -1,6 +1,4 @@
 """Issue 3: the LLM-ESR models — alignment, frozen table, causality, scoring, switches, distillation."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -299,7 +297,7 @@ def test_leaky_attention_reproduces_the_official_leak(tiny):
         assert not torch.allclose(model.encode(seq, tables)[:, :5], model.encode(changed, tables)[:, :5])
 
 
-# ---- long-tail options: collab_gate_count and logit_adjustment ----
+# ---- long-tail option: logit_adjustment ----
 
 
 @pytest.mark.parametrize("mode", ["prefix", "sequence"])
@@ -316,36 +314,6 @@ def test_item_counts_are_the_training_split(mode, tiny):
     data = train._dataset
     counts = {data.id2token(data.iid_field, i): int(c) for i, c in enumerate(data.item_counts) if i > 0}
     assert counts == {item: expected.get(item, 0) for item in counts}
-
-
-@pytest.mark.parametrize("model_name", ["LLMESR_SASRec", "LLMESR_BERT4Rec"])
-def test_collab_gate_scales_rare_items_only(model_name, tiny):
-    _, model, (train, _, _) = build(model_name, {**tiny["config"], "collab_gate_count": 6})
-    counts = train._dataset.item_counts.float()
-    gate = model.collab_gate
-    assert torch.equal(gate[1 : model.n_items], (counts[1:] / 6).clamp(max=1))
-    assert 0 < gate[1 : model.n_items].min() < 1 and gate[1 : model.n_items].max() == 1  # the tiny data has both
-    assert torch.all(gate[model.n_items :] == 1)  # BERT4Rec's [MASK] is not an item
-    collab = model.view_tables()[0]
-    assert torch.allclose(collab, model.item_embedding.weight * gate.unsqueeze(1))
-    rows = torch.tensor([0, 3, 5])
-    assert torch.allclose(model.view_tables(rows)[0], collab[rows])
-
-
-def test_collab_gate_is_saved_and_new_items_use_the_semantic_view(tiny):
-    from recbole_llmesr import recommend
-
-    config = {**tiny["config"], "epochs": 1, "collab_gate_count": 6}
-    run_recbole(model="LLMESR_SASRec", dataset="tiny", config_dict=config)
-    (ckpt,) = Path(config["checkpoint_dir"]).glob("LLMESR_SASRec-*.pth")
-    trained_gate = torch.load(ckpt, weights_only=True)["state_dict"]["collab_gate"]
-    # Serving builds the model on the whole dataset (validation and test counted): the gate must be the trained one.
-    rec = recommend.load_recommender(str(ckpt))
-    assert torch.equal(rec.model.collab_gate, trained_gate)
-    n = rec.model.n_items
-    new = rec.model.add_items(torch.randn(2, rec.model.llm_item_emb.size(1)))
-    assert rec.model.collab_gate[new].tolist() == [0.0, 0.0]
-    assert torch.all(rec.model.view_tables(new)[0] == 0) and rec.model.n_items == n + 2
 
 
 def test_logit_adjustment_shifts_the_training_softmax_only(tiny):

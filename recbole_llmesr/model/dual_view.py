@@ -39,9 +39,8 @@ class DualViewRecommender(SequentialRecommender):
     - Both views run through one shared encoder (or two), fused at sequence level by two
       cross-attention modules and at logit level by concatenation: the score is
       ``<concat(h_collab, h_sem), concat(e_id, adapter(e_llm))>``.
-    - Long-tail options, off by default (not in the paper): ``collab_gate_count`` scales an item's ID
-      vector by ``min(1, training count / k)`` so the semantic view decides for rare items, and
-      ``logit_adjustment`` adds ``tau * log(1 + count)`` to the CE training logits.
+    - Long-tail option, off by default (not in the paper): ``logit_adjustment`` adds
+      ``tau * log(1 + training count)`` to the CE training logits, not to the inference scores.
     - Self-distillation adds ``alpha * MSE(user, mean of similar users)`` with the similar users found
       offline from LLM user embeddings; the teacher comes from a memory bank or an online forward pass.
     """
@@ -79,11 +78,8 @@ class DualViewRecommender(SequentialRecommender):
         self.teacher_update = _choice(config, "teacher_update", TEACHER_UPDATES)
         self.initializer_range = config["initializer_range"]
         self.logit_adjustment = _number(config, "logit_adjustment", float)
-        self.collab_gate_count = _number(config, "collab_gate_count", int)
         if self.logit_adjustment and self.loss_type != "CE":
             raise ModelConfigError(f"logit_adjustment corrects the softmax of loss_type: CE; got loss_type: {self.loss_type}")
-        if self.collab_gate_count < 0:
-            raise ModelConfigError(f"collab_gate_count must be >= 0 (0 = off), got {self.collab_gate_count}")
         if _flag(config, "leaky_attention"):
             self.causal = False  # the official code's attention: every position sees the whole sequence
         if not (self.use_semantic_view or self.use_collab_view):
@@ -115,7 +111,10 @@ class DualViewRecommender(SequentialRecommender):
         self.apply(lambda m: init_weights(m, self.initializer_range))
         if self.use_collab_view and self.id_init == "pca":
             self.item_embedding.weight.data.copy_(self._pca_init(llm))
-        self._init_popularity(getattr(dataset, "item_counts", None))
+        counts = getattr(dataset, "item_counts", None)  # None when a saved model is rebuilt for serving
+        # Only training uses the prior, so it is not saved with the model.
+        prior = torch.log1p(counts.float()) if self.logit_adjustment and counts is not None else None
+        self.register_buffer("log_prior", prior, persistent=False)
 
         if self.use_distillation:
             self._init_teacher(dataset)
@@ -165,19 +164,6 @@ class DualViewRecommender(SequentialRecommender):
         table[1 : self.n_items] = torch.from_numpy(self._pca(llm).transform(llm[1 : self.n_items].numpy()))
         return table
 
-    def _init_popularity(self, counts: Optional[torch.Tensor]) -> None:
-        """Buffers derived from the training counts; ``counts`` is None when serving a saved model."""
-        if counts is not None:
-            counts = torch.cat([counts, counts.new_zeros(self.n_tokens - len(counts))]).float()
-        # Only training uses the prior, so it is not saved: a model rebuilt for serving has none.
-        prior = torch.log1p(counts) if self.logit_adjustment and counts is not None else None
-        self.register_buffer("log_prior", prior, persistent=False)
-        if self.use_collab_view and self.collab_gate_count:
-            # Saved with the model: serving builds on the whole dataset, whose counts include the test.
-            gate = torch.ones(self.n_tokens) if counts is None else (counts / self.collab_gate_count).clamp(max=1)
-            gate[self.n_items :] = 1  # extra tokens ([MASK]) are not items
-            self.register_buffer("collab_gate", gate)
-
     # ---- cold-start items ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -222,11 +208,8 @@ class DualViewRecommender(SequentialRecommender):
                 new_ids = ids.new_zeros(n_new, ids.size(1))
             table = torch.cat([ids[: self.n_items], new_ids.to(ids), ids[self.n_items :]])
             self.item_embedding = nn.Embedding.from_pretrained(table, freeze=False, padding_idx=0)
-        for name in ("collab_gate", "log_prior"):
-            # A new item has no training interaction: gate 0 (semantic view only), log(1 + 0) = 0.
-            old_buffer = getattr(self, name, None)
-            if old_buffer is not None:
-                setattr(self, name, torch.cat([old_buffer[: self.n_items], old_buffer.new_zeros(n_new), old_buffer[self.n_items :]]))
+        if self.log_prior is not None:  # a new item has no training interaction: log(1 + 0) = 0
+            self.log_prior = torch.cat([self.log_prior[: self.n_items], self.log_prior.new_zeros(n_new), self.log_prior[self.n_items :]])
         self.n_items += n_new
         self.n_tokens += n_new
         return torch.arange(old, self.n_items, device=llm_vectors.device)
@@ -240,10 +223,7 @@ class DualViewRecommender(SequentialRecommender):
         tables = []
         for view in self.views:
             if view == "collab":
-                table = self.item_embedding.weight if rows is None else self.item_embedding(rows)
-                if self.collab_gate_count:
-                    table = table * (self.collab_gate if rows is None else self.collab_gate[rows]).unsqueeze(1)
-                tables.append(table)
+                tables.append(self.item_embedding.weight if rows is None else self.item_embedding(rows))
             else:
                 tables.append(self.adapter(self.llm_item_emb if rows is None else self.llm_item_emb[rows]))
         return tables
