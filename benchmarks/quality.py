@@ -68,7 +68,8 @@ def settings(args) -> Dict[str, Any]:
 def run_backbones(args, common: Dict[str, Any], seeds: Sequence[int]) -> Dict[str, dict]:
     reports = {}
     for backbone in args.backbones:
-        models = [backbone, f"LLMESR_{backbone}"]
+        pair = {"baseline": backbone, "llmesr": f"LLMESR_{backbone}"}
+        models = [pair[args.only]] if args.only else list(pair.values())
         per_model = {m: v for m, v in compare.parse_overrides(args.override, per_model=True).items() if m in models}
         reports[backbone] = compare.run_comparison(
             models, args.dataset, seeds, Path(args.output) / backbone, config_dict=common, model_overrides=per_model
@@ -129,7 +130,7 @@ def write_quality(args, reports: Dict[str, dict]) -> Path:
     parts = ["# Quality: RecBole baselines against LLM-ESR\n"]
     for backbone, report in reports.items():
         parts += [f"## {backbone} vs LLMESR_{backbone}\n", compare.markdown_table(report)]
-    if "SASRec" in reports:
+    if "SASRec" in reports and {"SASRec", "LLMESR_SASRec"} <= set(reports["SASRec"]["summary"]):
         for mode, name in (("", args.eval_mode), ("full:", "full ranking")):
             parts += [f"## Targets, LLMESR_SASRec over SASRec, NDCG@10 ({name})\n", targets_table(reports["SASRec"], mode)]
     path = Path(args.output) / "quality.md"
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", action="store_true", help="run the ablation table instead of the baselines")
     p.add_argument("--variants", nargs="*", choices=list(ABLATIONS), metavar="LABEL",
                    help=f"--ablations: run only these rows (default all: {', '.join(ABLATIONS)}), e.g. to split them over processes")
+    p.add_argument("--only", choices=("baseline", "llmesr"),
+                   help="run one side of each pair, e.g. to split a pair over two processes; a later run of both reuses them")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--first_seed", type=int, default=42, help="seeds first_seed, first_seed + 1, ... (default 42)")
     p.add_argument("--epochs", type=int, default=200, help="epoch budget per run (paper: 200)")

@@ -50,7 +50,14 @@ def test_quality_smoke_backbone_and_ablations(tiny, tmp_path):
     common = ["--dataset", "tiny", "--data_path", tiny["config"]["data_path"], "--output", str(tmp_path / "q"),
               "--seeds", "2", "--epochs", "1", "--eval_mode", "paper10", "--threads", "1",
               "hidden_size=8", "inner_size=16", "train_batch_size=64"]
+    # --only splits a pair over processes; the run of both then reuses it.
+    one = quality.main(common + ["--backbones", "SASRec", "--only", "llmesr", "--seeds", "1"]).read_text()
+    assert "LLMESR_SASRec" in one and "## Targets" not in one
+    first = tmp_path / "q" / "SASRec" / "runs" / "LLMESR_SASRec-seed42.json"
+    assert [p.name for p in first.parent.glob("*.json")] == [first.name]
+    stamp = first.stat().st_mtime_ns
     path = quality.main(common + ["--backbones", "SASRec"])
+    assert first.stat().st_mtime_ns == stamp
     text = path.read_text()
     assert "## SASRec vs LLMESR_SASRec" in text and "| NDCG@10 (full) | tail item |" in text
     assert "## Targets, LLMESR_SASRec over SASRec, NDCG@10 (full ranking)" in text
