@@ -26,7 +26,10 @@ import torch
 from recbole_llmesr import compare
 
 BACKBONES = ("SASRec", "GRU4Rec", "BERT4Rec")
-#: Relative NDCG@10 targets of LLMESR_SASRec over SASRec (issue 6): metric key -> (label, bound, kind).
+#: The plain backbone inside the plugin: LLM-ESR's switches off, so with the LLMESR_ model's own training
+#: recipe it tells what the recipe alone gives (row label ``plain_<Backbone>``, ``--plain``).
+PLAIN = {"use_semantic_view": False, "id_init": "random", "id_anchor": False, "use_distillation": False}
+#: Relative NDCG@10 targets of LLMESR_<Backbone> over each baseline: metric key -> (label, bound, kind).
 TARGETS = {
     "ndcg@10": ("overall", 0.08, "min"),
     "ndcg@10_tail_item": ("tail items", 0.25, "min"),
@@ -54,7 +57,7 @@ def settings(args) -> Dict[str, Any]:
     """Settings shared by every run."""
     common: Dict[str, Any] = {
         **compare.protocol(args.eval_mode),
-        "extra_test_modes": ["full"],
+        "extra_test_modes": [other_protocol(args.eval_mode)],
         "data_path": args.data_path,
         "epochs": args.epochs,
         "stopping_step": args.stopping_step,
@@ -65,14 +68,24 @@ def settings(args) -> Dict[str, Any]:
     return {**common, **compare.parse_overrides(args.extra)}
 
 
+def other_protocol(eval_mode: str) -> str:
+    """The protocol each best checkpoint is tested under as well: full ranking beside a sampled one."""
+    return "paper100" if eval_mode == "full" else "full"
+
+
 def run_backbones(args, common: Dict[str, Any], seeds: Sequence[int]) -> Dict[str, dict]:
     reports = {}
+    overrides = compare.parse_overrides(args.override, per_model=True)
     for backbone in args.backbones:
-        pair = {"baseline": backbone, "llmesr": f"LLMESR_{backbone}"}
-        models = [pair[args.only]] if args.only else list(pair.values())
-        per_model = {m: v for m, v in compare.parse_overrides(args.override, per_model=True).items() if m in models}
+        ours = f"LLMESR_{backbone}"
+        rows = {"baseline": backbone, "llmesr": ours, **({"plain": f"plain_{backbone}"} if args.plain else {})}
+        labels = [rows[args.only]] if args.only else list(rows.values())
+        per_label = {m: v for m, v in overrides.items() if m in labels}
+        if args.plain:
+            per_label[f"plain_{backbone}"] = {**overrides.get(ours, {}), **PLAIN}
         reports[backbone] = compare.run_comparison(
-            models, args.dataset, seeds, Path(args.output) / backbone, config_dict=common, model_overrides=per_model
+            labels, args.dataset, seeds, Path(args.output) / backbone, baseline=labels[0], config_dict=common,
+            model_overrides={m: v for m, v in per_label.items() if m in labels}, model_of={f"plain_{backbone}": ours},
         )
     return reports
 
@@ -96,20 +109,27 @@ def relative(a: float, b: float) -> float:
     return (a - b) / b if b else math.nan
 
 
-def targets_table(report: dict, mode: str = "") -> str:
-    """LLMESR_SASRec over SASRec, relative NDCG@10 per group, against the issue's targets."""
-    base, ours = report["summary"]["SASRec"], report["summary"]["LLMESR_SASRec"]
-    lines = ["| group | SASRec | LLMESR_SASRec | relative | target | p | verdict |", "|---|---|---|---|---|---|---|"]
+def targets_table(report: dict, ours: str, baseline: str, mode: str = "") -> str:
+    """``ours`` over ``baseline``, relative NDCG@10 per group, against the targets; p: paired t-test."""
+    base, mine = report["summary"][baseline], report["summary"][ours]
+    lines = [f"| group | {baseline} | {ours} | relative | target | p | verdict |", "|---|---|---|---|---|---|---|"]
     for key, (label, bound, _) in TARGETS.items():
         key = mode + key
-        if key not in base or key not in ours:
+        if key not in base or key not in mine:
             continue
-        rel = relative(ours[key]["mean"], base[key]["mean"])
-        p = report["p_values"]["LLMESR_SASRec"].get(key, math.nan)
+        rel = relative(mine[key]["mean"], base[key]["mean"])
+        p = _paired_p(report, ours, baseline, key)
         verdict = "met" if rel >= bound else "**missed**"
-        lines.append(f"| {label} | {base[key]['mean']:.4f} | {ours[key]['mean']:.4f} | {100 * rel:+.1f} % | "
+        lines.append(f"| {label} | {base[key]['mean']:.4f} | {mine[key]['mean']:.4f} | {100 * rel:+.1f} % | "
                      f">= {100 * bound:+.0f} % | {compare._fmt_p(p)} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def _paired_p(report: dict, ours: str, baseline: str, key: str) -> float:
+    if baseline == report["baseline"]:
+        return report["p_values"][ours].get(key, math.nan)
+    by_seed = {m: {r["seed"]: r["test"][key] for r in report["runs"] if r["model"] == m and key in r["test"]} for m in (ours, baseline)}
+    return compare.paired_p_value(by_seed[ours], by_seed[baseline])
 
 
 def ablation_table(runs: Dict[str, List[dict]], mode: str = "") -> str:
@@ -128,19 +148,28 @@ def ablation_table(runs: Dict[str, List[dict]], mode: str = "") -> str:
 
 def write_quality(args, reports: Dict[str, dict]) -> Path:
     parts = ["# Quality: RecBole baselines against LLM-ESR\n"]
+    extra = other_protocol(args.eval_mode)
+    modes = (("", _protocol_name(args.eval_mode)), (f"{extra}:", _protocol_name(extra)))
     for backbone, report in reports.items():
         parts += [f"## {backbone} vs LLMESR_{backbone}\n", compare.markdown_table(report)]
-    if "SASRec" in reports and {"SASRec", "LLMESR_SASRec"} <= set(reports["SASRec"]["summary"]):
-        for mode, name in (("", args.eval_mode), ("full:", "full ranking")):
-            parts += [f"## Targets, LLMESR_SASRec over SASRec, NDCG@10 ({name})\n", targets_table(reports["SASRec"], mode)]
+        ours, present = f"LLMESR_{backbone}", set(report["summary"])
+        for baseline in (backbone, f"plain_{backbone}"):
+            if {ours, baseline} <= present:
+                for mode, name in modes:
+                    parts += [f"## Targets, {ours} over {baseline}, NDCG@10 ({name})\n", targets_table(report, ours, baseline, mode)]
     path = Path(args.output) / "quality.md"
     path.write_text("\n".join(parts))
     return path
 
 
+def _protocol_name(mode: str) -> str:
+    return "full ranking" if mode == "full" else mode
+
+
 def write_ablations(args, runs: Dict[str, List[dict]]) -> Path:
     parts = ["# Ablations of LLMESR_SASRec (the paper's Table 2)\n"]
-    for mode, name in (("", args.eval_mode), ("full:", "full ranking")):
+    extra = other_protocol(args.eval_mode)
+    for mode, name in (("", _protocol_name(args.eval_mode)), (f"{extra}:", _protocol_name(extra))):
         parts += [f"## {name}\n", ablation_table(runs, mode)]
     path = Path(args.output) / "ablations.md"
     path.write_text("\n".join(parts))
@@ -156,13 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", action="store_true", help="run the ablation table instead of the baselines")
     p.add_argument("--variants", nargs="*", choices=list(ABLATIONS), metavar="LABEL",
                    help=f"--ablations: run only these rows (default all: {', '.join(ABLATIONS)}), e.g. to split them over processes")
-    p.add_argument("--only", choices=("baseline", "llmesr"),
-                   help="run one side of each pair, e.g. to split a pair over two processes; a later run of both reuses them")
+    p.add_argument("--plain", action="store_true",
+                   help="also run the plain backbone (plain_<Backbone>: LLMESR_<Backbone> with every LLM-ESR switch off) "
+                        "with the LLMESR_ model's overrides, i.e. the same training recipe")
+    p.add_argument("--only", choices=("baseline", "llmesr", "plain"),
+                   help="run one row of each backbone, e.g. to split the rows over processes; a later run of all reuses them")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--first_seed", type=int, default=42, help="seeds first_seed, first_seed + 1, ... (default 42)")
     p.add_argument("--epochs", type=int, default=200, help="epoch budget per run (paper: 200)")
     p.add_argument("--stopping_step", type=int, default=20, help="patience on validation NDCG@10 (paper: 20)")
-    p.add_argument("--eval_mode", default="paper100", help="validation and first test protocol (default: the paper's)")
+    p.add_argument("--eval_mode", default="paper100",
+                   help="validation (model selection) and first test protocol: paper100 (the paper's, default) or full; "
+                        "the best checkpoint is also tested under the other one")
     p.add_argument("--pareto", action="store_true", help="Pareto 20/80 groups instead of the paper's Beauty thresholds")
     p.add_argument("--ts_user", type=int, default=9)
     p.add_argument("--ts_item", type=int, default=4)
@@ -175,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
+    args.plain = args.plain or args.only == "plain"
     if args.threads:
         torch.set_num_threads(args.threads)
     common = settings(args)

@@ -100,8 +100,14 @@ def run_comparison(
     config_dict: Optional[Dict[str, Any]] = None,
     model_overrides: Optional[Dict[str, Dict[str, Any]]] = None,
     config_file_list: Optional[List[str]] = None,
+    model_of: Optional[Dict[str, str]] = None,
 ) -> dict:
-    """Run every (model, seed) not done yet, then write the reports; returns the ``results.json`` content."""
+    """Run every (model, seed) not done yet, then write the reports; returns the ``results.json`` content.
+
+    ``models`` are row labels; ``model_of`` maps a label to the RecBole model it runs when they differ
+    (e.g. a plain-backbone row that runs ``LLMESR_SASRec`` with overrides), and ``model_overrides`` are keyed
+    by label.
+    """
     logger = getLogger()
     output = Path(output)
     (output / "runs").mkdir(parents=True, exist_ok=True)
@@ -113,7 +119,8 @@ def run_comparison(
     unknown = set(model_overrides) - set(models)
     if unknown:
         raise ValueError(f"--override names models that are not compared: {', '.join(sorted(unknown))}")
-    _prepare_data(models, dataset, common, config_file_list)
+    model_of = model_of or {}
+    _prepare_data(list(dict.fromkeys(model_of.get(m, m) for m in models)), dataset, common, config_file_list)
 
     jobs = [(m, s) for s in seeds for m in models]  # seed by seed: an interrupted comparison still has pairs
     runs = []
@@ -121,7 +128,7 @@ def run_comparison(
     for model, seed in bar:
         bar.set_postfix_str(f"{model} seed {seed}")
         settings = {**common, **model_overrides.get(model, {}), "seed": seed}
-        runs.append(run_once(model, model, dataset, seed, settings, output / "runs", config_file_list))
+        runs.append(run_once(model, model_of.get(model, model), dataset, seed, settings, output / "runs", config_file_list))
     report = summarize(runs, models, baseline)
     report.update({"dataset": dataset, "seeds": list(seeds), "config": common, "model_overrides": model_overrides})
     write_reports(report, output)

@@ -14,6 +14,7 @@ from torch import nn
 
 from recbole_llmesr.dataset import LLMESRDataset, longest_prefix_rows
 from recbole_llmesr.model.layers import CrossAttention, attention_mask, init_weights
+from recbole_llmesr.model.losses import chunked_cross_entropy, sampled_softmax
 
 class ModelConfigError(ValueError):
     """A model hyper-parameter is missing, of the wrong type or inconsistent with the data."""
@@ -24,11 +25,14 @@ class ModelConfigTypeError(ModelConfigError, TypeError):
 
 
 TRAIN_MODES = ("prefix", "sequence")
-LOSS_TYPES = ("CE", "BPR", "BCE")
+LOSS_TYPES = ("CE", "SSM", "BPR", "BCE")
+NEGATIVE_SAMPLING = ("uniform", "in_batch", "mixed")
 TEACHER_MODES = ("memory_bank", "online")
 TEACHER_UPDATES = ("epoch", "batch")
 ID_INITS = ("pca", "random")
 COLD_COLLAB = ("regression", "pca", "zero")
+#: Rows encoded together when ``forward`` gets a large batch (see there).
+LENGTH_GROUP = 256
 
 
 class DualViewRecommender(SequentialRecommender):
@@ -48,6 +52,7 @@ class DualViewRecommender(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = LLMESRDataset
     property_files = ("LLMESR",)  # properties/model/LLMESR.yaml, then the backbone's own file
+    uses_llm_artifacts = True  # the runner builds the dataset's LLM artefacts before loading it
 
     @classmethod
     def prepare_data(cls, config) -> None:
@@ -70,6 +75,9 @@ class DualViewRecommender(SequentialRecommender):
         self.use_cross_attention = _flag(config, "use_cross_attention")
         self.shared_encoder = _flag(config, "shared_encoder")
         self.id_init = _choice(config, "id_init", ID_INITS)
+        self.id_anchor = _flag(config, "id_anchor")
+        if self.id_anchor and self.id_init != "pca":
+            raise ModelConfigError("id_anchor keeps the PCA map of id_init: pca trainable; it needs id_init: pca")
         self.use_distillation = _flag(config, "use_distillation")
         self.alpha = _number(config, "alpha", float)
         self.sim_user_num = _number(config, "sim_user_num", int)
@@ -78,8 +86,14 @@ class DualViewRecommender(SequentialRecommender):
         self.teacher_update = _choice(config, "teacher_update", TEACHER_UPDATES)
         self.initializer_range = config["initializer_range"]
         self.logit_adjustment = _number(config, "logit_adjustment", float)
-        if self.logit_adjustment and self.loss_type != "CE":
-            raise ModelConfigError(f"logit_adjustment corrects the softmax of loss_type: CE; got loss_type: {self.loss_type}")
+        if self.logit_adjustment and self.loss_type not in ("CE", "SSM"):
+            raise ModelConfigError(f"logit_adjustment corrects a softmax (loss_type: CE or SSM); got loss_type: {self.loss_type}")
+        self.ce_chunk_size = config["ce_chunk_size"]
+        if self.ce_chunk_size is not None:
+            self.ce_chunk_size = _number(config, "ce_chunk_size", int)
+        self.num_negatives = _number(config, "num_negatives", int)
+        self.negative_sampling = _choice(config, "negative_sampling", NEGATIVE_SAMPLING)
+        self.logq_correction = _flag(config, "logq_correction")
         if _flag(config, "leaky_attention"):
             self.causal = False  # the official code's attention: every position sees the whole sequence
         if not (self.use_semantic_view or self.use_collab_view):
@@ -109,12 +123,22 @@ class DualViewRecommender(SequentialRecommender):
             self.collab_to_semantic = CrossAttention(self.hidden_size, heads)
 
         self.apply(lambda m: init_weights(m, self.initializer_range))
-        if self.use_collab_view and self.id_init == "pca":
+        if self.use_collab_view and self.id_anchor:
+            # ID vector = a shared, trainable map of the LLM embedding (starting as the PCA) + a free
+            # residual (starting at 0). A rare item's residual barely moves, but the map moves with
+            # training, so its vector follows the space the encoder learns instead of staying at init.
+            pca = self._pca(llm)
+            self.id_projection = nn.Linear(llm.size(1), self.hidden_size)
+            self.id_projection.weight.data.copy_(torch.from_numpy(pca.components_).float())
+            self.id_projection.bias.data.copy_(-torch.from_numpy(pca.components_ @ pca.mean_).float())
+            self.item_embedding.weight.data.zero_()
+        elif self.use_collab_view and self.id_init == "pca":
             self.item_embedding.weight.data.copy_(self._pca_init(llm))
         counts = getattr(dataset, "item_counts", None)  # None when a saved model is rebuilt for serving
-        # Only training uses the prior, so it is not saved with the model.
+        # Only training uses the prior and the sampling probabilities, so they are not saved with the model.
         prior = torch.log1p(counts.float()) if self.logit_adjustment and counts is not None else None
         self.register_buffer("log_prior", prior, persistent=False)
+        self.register_buffer("log_q", self._sampling_log_q(counts), persistent=False)
 
         if self.use_distillation:
             self._init_teacher(dataset)
@@ -179,6 +203,9 @@ class DualViewRecommender(SequentialRecommender):
           their initialisation.
         - ``pca``: the PCA projection used by ``id_init: pca`` at initialisation.
         - ``zero``: no collaborative signal; the item is ranked by the semantic view alone.
+
+        With ``id_anchor`` the trained map of the LLM embedding already gives new items a collaborative
+        vector; their residual is 0 and ``collab`` is not used.
         """
         if collab not in COLD_COLLAB:
             raise ModelConfigError(f"collab must be one of {', '.join(COLD_COLLAB)}; got {collab!r}")
@@ -197,7 +224,9 @@ class DualViewRecommender(SequentialRecommender):
         self.llm_item_emb = torch.cat([known, llm_vectors, self.llm_item_emb[self.n_items :]])
         if self.use_collab_view:
             ids = self.item_embedding.weight
-            if collab == "regression":
+            if self.id_anchor:
+                new_ids = ids.new_zeros(n_new, ids.size(1))
+            elif collab == "regression":
                 new_ids = _ridge(known[1:], ids[1 : self.n_items]).predict(llm_vectors)
                 # Ridge predictions shrink towards the mean; give them the known items' mean norm, or the
                 # new items would lose every dot product to trained ones by their length alone.
@@ -223,19 +252,32 @@ class DualViewRecommender(SequentialRecommender):
         tables = []
         for view in self.views:
             if view == "collab":
-                tables.append(self.item_embedding.weight if rows is None else self.item_embedding(rows))
+                table = self.item_embedding.weight if rows is None else self.item_embedding(rows)
+                if self.id_anchor:
+                    llm = self.llm_item_emb if rows is None else self.llm_item_emb[rows]
+                    # [PAD] (and [MASK]) have no text: their rows stay the residual alone.
+                    has_text = (llm != 0).any(-1, keepdim=True)
+                    table = table + self.id_projection(llm) * has_text
+                tables.append(table)
             else:
                 tables.append(self.adapter(self.llm_item_emb if rows is None else self.llm_item_emb[rows]))
         return tables
 
     def encode(self, item_seq: torch.Tensor, tables: List[torch.Tensor]) -> torch.Tensor:
-        """Hidden states ``[B, L, hidden * n_views]`` for every position."""
+        """Hidden states ``[B, L, hidden * n_views]`` for every position (zeros after the batch's longest row)."""
+        # Sequences are left-aligned: columns after the longest one are padding in every row, and a row's
+        # states do not depend on its padding, so they are not computed.
+        length = item_seq.size(1)
+        filled = (item_seq != 0).any(0).nonzero()
+        width = int(filled.max()) + 1 if len(filled) else 1
+        item_seq = item_seq[:, :width]
         mask = attention_mask(item_seq, self.causal)
         inputs = [self.encoders[v].prepare(F.embedding(item_seq, t), item_seq) for v, t in zip(self.views, tables)]
         if len(inputs) == 2 and self.use_cross_attention:
             collab, semantic = inputs
             inputs = [self.semantic_to_collab(semantic, collab, mask), self.collab_to_semantic(collab, semantic, mask)]
-        return torch.cat([self.encoders[v](x, item_seq, mask) for v, x in zip(self.views, inputs)], dim=-1)
+        hidden = torch.cat([self.encoders[v](x, item_seq, mask) for v, x in zip(self.views, inputs)], dim=-1)
+        return F.pad(hidden, (0, 0, 0, length - width)) if width < length else hidden
 
     def item_table(self, tables: List[torch.Tensor]) -> torch.Tensor:
         """Scoring vectors of the real items ``[n_items, hidden * n_views]``."""
@@ -245,21 +287,35 @@ class DualViewRecommender(SequentialRecommender):
         """User representations ``[B, hidden * n_views]``."""
         tables = self.view_tables() if tables is None else tables
         item_seq, position = self.user_position(item_seq, item_seq_len)
-        return self.gather_indexes(self.encode(item_seq, tables), position)
+        if len(item_seq) <= LENGTH_GROUP:
+            return self.gather_indexes(self.encode(item_seq, tables), position)
+        # Large batches (evaluation, the teacher's memory bank): rows of similar length are encoded together,
+        # so a group of short histories is cut short instead of padded to the batch's longest (on Beauty,
+        # seven times fewer token positions).
+        out = None
+        for rows in torch.argsort(position).split(LENGTH_GROUP):
+            part = self.gather_indexes(self.encode(item_seq[rows], tables), position[rows])
+            out = part.new_empty(len(item_seq), part.size(1)) if out is None else out
+            out[rows] = part
+        return out
 
     def calculate_loss(self, interaction):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
         seq, positions, targets, valid = self.training_positions(item_seq, item_seq_len, pos_items)
         targets = targets[valid]
-        negatives = None
-        if self.loss_type != "CE":
+        negatives, offsets = None, None
+        if self.loss_type in ("BCE", "BPR"):
             history = torch.cat([item_seq, pos_items.unsqueeze(1)], dim=1)
             negatives = self._sample_negatives(history, valid.size(1))[valid]
+        elif self.loss_type == "SSM":
+            negatives = self._negative_pool(targets)
+            offsets = self._sampled_offsets(targets), self._sampled_offsets(negatives)
         if self.loss_type != "CE" and self.causal and self.batch_item_tables:
             # Only the batch's items are looked up: relabel them 0..R-1 (0 stays [PAD]) and build R rows.
-            rows, local = torch.unique(torch.cat([seq.new_zeros(1), seq.reshape(-1), targets, negatives]), return_inverse=True)
-            seq, targets, negatives = local[1 : 1 + seq.numel()].view_as(seq), *local[1 + seq.numel() :].split(len(targets))
+            parts = [seq.new_zeros(1), seq.reshape(-1), targets, negatives.reshape(-1)]
+            rows, local = torch.unique(torch.cat(parts), return_inverse=True)
+            _, seq, targets, negatives = (p.view_as(o) for p, o in zip(local.split([x.numel() for x in parts]), (parts[0], seq, targets, negatives)))
             tables = self.view_tables(rows)
             items = torch.cat(tables, dim=-1)
         else:
@@ -267,7 +323,7 @@ class DualViewRecommender(SequentialRecommender):
             items = self.item_table(tables)
         hidden = self.encode(seq, tables)
         h = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))[valid]
-        loss = self._rec_loss(h, targets, items, negatives)
+        loss = self._rec_loss(h, targets, items, negatives, offsets)
         if self.use_distillation and self.alpha > 0:
             if self.causal and self.train_mode == "prefix":
                 student = h  # the last position is the user representation: no second pass needed
@@ -284,16 +340,13 @@ class DualViewRecommender(SequentialRecommender):
                 self.user_bank[user_ids[same]] = student[same].detach()
         return loss
 
-    def _rec_loss(self, h, targets, items, negatives) -> torch.Tensor:
+    def _rec_loss(self, h, targets, items, negatives, offsets) -> torch.Tensor:
         if self.loss_type == "CE":
-            logits = h @ items.T
-            if self.logit_adjustment:
-                if self.log_prior is None:
-                    raise ModelConfigError("logit_adjustment needs the training split's item counts: build the model on train_data.dataset")
-                # Logit adjustment (Menon et al., ICLR 2021): the loss sees each item's log-prior, the
-                # scores at inference do not, so the embeddings need not learn popularity themselves.
-                logits = logits + self.logit_adjustment * self.log_prior[: self.n_items]
-            return F.cross_entropy(logits, targets)
+            # Item 0 is [PAD]: never a target, never a candidate.
+            bias = self._logit_prior()
+            return chunked_cross_entropy(h, items[1:], targets - 1, None if bias is None else bias[1:], self.ce_chunk_size)
+        if self.loss_type == "SSM":
+            return sampled_softmax(h, items[targets], items[negatives], targets, negatives, *offsets)
         pos_score = (h * items[targets]).sum(-1)
         neg_score = (h * items[negatives]).sum(-1)
         if self.loss_type == "BPR":
@@ -301,6 +354,53 @@ class DualViewRecommender(SequentialRecommender):
         return F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score)) + F.binary_cross_entropy_with_logits(
             neg_score, torch.zeros_like(neg_score)
         )
+
+    def _logit_prior(self) -> Optional[torch.Tensor]:
+        """``tau * log(1 + training count)`` per item for logit-adjusted training, or None when off."""
+        if not self.logit_adjustment:
+            return None
+        if self.log_prior is None:
+            raise ModelConfigError("logit_adjustment needs the training split's item counts: build the model on train_data.dataset")
+        # Logit adjustment (Menon et al., ICLR 2021): the loss sees each item's log-prior, the scores at
+        # inference do not, so the embeddings need not learn popularity themselves.
+        return self.logit_adjustment * self.log_prior[: self.n_items]
+
+    def _sampling_log_q(self, counts: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``log q[item]``: the probability that one draw of ``_negative_pool`` yields the item.
+
+        In-batch draws pick a training target, so their item probability is the item's share of the
+        training interactions; uniform draws pick any item alike; ``mixed`` draws half of each.
+        """
+        if self.loss_type != "SSM" or counts is None:
+            return None
+        n = self.n_items - 1
+        uniform = torch.full((self.n_items,), 1.0 / n)
+        popularity = counts.float() / counts[1:].sum().clamp(min=1)
+        share = {"uniform": 0.0, "in_batch": 1.0, "mixed": 0.5}[self.negative_sampling]
+        q = share * popularity + (1 - share) * uniform
+        q[0] = 1.0  # [PAD] is never drawn
+        return torch.log(q.clamp(min=1e-12))
+
+    def _negative_pool(self, targets: torch.Tensor) -> torch.Tensor:
+        """``[K]`` negatives shared by the batch: uniform items, other positions' targets, or half of each."""
+        k = self.num_negatives
+        n_batch = {"uniform": 0, "in_batch": k, "mixed": k // 2}[self.negative_sampling]
+        n_batch = min(n_batch, len(targets))
+        picked = targets[torch.randint(len(targets), (n_batch,), device=targets.device)]
+        uniform = torch.randint(1, self.n_items, (k - n_batch,), device=targets.device)
+        return torch.cat([picked, uniform])
+
+    def _sampled_offsets(self, items: torch.Tensor) -> Optional[torch.Tensor]:
+        """Constants added to the sampled logits: ``-log q`` (logQ correction) plus the logit adjustment."""
+        offset = torch.zeros(items.shape, device=items.device)
+        if self.logq_correction:
+            if self.log_q is None:
+                raise ModelConfigError("logq_correction needs the training split's item counts: build the model on train_data.dataset")
+            offset = offset - self.log_q[items]
+        prior = self._logit_prior()
+        if prior is not None:
+            offset = offset + prior[items]
+        return offset
 
     def _sample_negatives(self, history: torch.Tensor, n: int, rounds: int = 10) -> torch.Tensor:
         """``[B, n]`` uniform items not in each user's history (rejection sampling, a few rounds)."""
