@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="recbole-llmesr",
@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=["recbole_llmesr", "recbole_llmesr.model", "recbole_llmesr.properties"],
+    # benchmarks/ is a package too (run as python -m benchmarks.*), but not part of the distribution.
+    packages=find_packages(include=["recbole_llmesr", "recbole_llmesr.*"]) + ["recbole_llmesr.properties"],
     # The YAML defaults live in the repository's top-level properties/ folder; install them inside the package.
     package_dir={"recbole_llmesr.properties": "properties"},
     package_data={"recbole_llmesr.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml"]},
@@ -38,11 +39,11 @@ setup(
     extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
-            "run_recbole=recbole_llmesr.cli:main",
-            "recbole-llmesr=recbole_llmesr.cli:main",
-            "llmesr-prepare=recbole_llmesr.prepare_cli:main",
-            "llmesr-compare=recbole_llmesr.compare:main",
-            "llmesr-recommend=recbole_llmesr.recommend:main",
+            "run_recbole=recbole_llmesr.cli.run_recbole:main",
+            "recbole-llmesr=recbole_llmesr.cli.run_recbole:main",
+            "llmesr-prepare=recbole_llmesr.cli.prepare:main",
+            "llmesr-compare=recbole_llmesr.cli.compare:main",
+            "llmesr-recommend=recbole_llmesr.cli.recommend:main",
         ]
     },
 )

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from recbole_llmesr.retrieval import recall_at_k, similar_users
+from recbole_llmesr.prep.retrieval import recall_at_k, similar_users
 
 
 def clustered_users(n: int, dim: int, seed: int, n_clusters: int = 1000, spread: float = 0.5) -> np.ndarray:
@@ -90,7 +90,7 @@ def run_embedding(n: int = 1000, threads: int = 2, seed: int = 2024, batch_size:
     """Items per second of the offline embedder (all-MiniLM-L6-v2) on ``threads`` CPU threads, no cache."""
     import torch
 
-    from recbole_llmesr.embedders import build_embedder
+    from recbole_llmesr.prep.embedders import build_embedder
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

@@ -49,7 +49,7 @@ QUIET = {"show_progress": False, "state": "WARNING"}
 def prepare(dataset: str, base: Dict[str, Any]) -> Dict[str, Any]:
     """Build the LLM artefacts once (as run_recbole does) and return ``base`` pointed at their data_path."""
     from recbole_llmesr.config import LLMESRConfig
-    from recbole_llmesr.preprocess import ensure_prepared
+    from recbole_llmesr.prep.from_config import ensure_prepared
 
     config = LLMESRConfig(model="LLMESR_SASRec", dataset=dataset, config_dict={**QUIET, **base})
     ensure_prepared(config)  # ml-100k: converted into dataset_atomic/ml-100k, data_path updated

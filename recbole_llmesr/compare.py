@@ -6,13 +6,11 @@ resumes. From all runs it writes ``results.csv`` (one row per run), ``results.js
 p-values), ``results.md`` (mean ± std per metric and group, paired t-test p-values against the baseline)
 and ``results.png`` (bar chart of the overall, tail and head groups).
 """
-import argparse
 import ast
 import csv
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -23,6 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 from tqdm import tqdm
+
+from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.prep.embedders.redact import redact_url
 
 GROUPS = {"": "overall", "_tail_user": "tail user", "_head_user": "head user", "_tail_item": "tail item", "_head_item": "head item"}
 # Test metric keys: ``ndcg@10``, ``ndcg@10_tail_user``, and with extra_test_modes ``full:ndcg@10``.
@@ -51,6 +53,10 @@ def parse_value(text: str) -> Any:
             return text
 
 
+class OverrideError(LLMESRError, ValueError):
+    """A ``key=value`` (or ``MODEL:key=value``) setting is malformed."""
+
+
 def parse_overrides(items: Sequence[str], per_model: bool = False) -> Dict[str, Any]:
     """``key=value`` (or ``MODEL:key=value`` when ``per_model``) into a (nested) dict."""
     result: Dict[str, Any] = {}
@@ -59,11 +65,11 @@ def parse_overrides(items: Sequence[str], per_model: bool = False) -> Dict[str, 
         if per_model:
             model, sep, item = item.partition(":")
             if not sep:
-                raise ValueError(f"--override expects MODEL:key=value, got {model!r}")
+                raise OverrideError(f"--override expects MODEL:key=value, got {model!r}")
             target = result.setdefault(model, {})
         key, sep, value = item.lstrip("-").partition("=")
         if not sep or not key:
-            raise ValueError(f"expected key=value, got {item!r}")
+            raise OverrideError(f"expected key=value, got {item!r}")
         target[key] = parse_value(value)
     return result
 
@@ -74,8 +80,6 @@ def _fingerprint(spec: dict) -> str:
 
 def _redacted(value: Any) -> Any:
     """``value`` with credentials removed from every URL string (an embedder_base_url override can carry them)."""
-    from recbole_llmesr.embedders import redact_url
-
     if isinstance(value, str):
         return redact_url(value)
     if isinstance(value, dict):
@@ -86,9 +90,9 @@ def _redacted(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_redacted(data), indent=2, default=str))
-    os.replace(tmp, path)  # an interrupted write never leaves a half file that would count as done
+    text = json.dumps(_redacted(data), indent=2, default=str)
+    # Atomic: an interrupted write never leaves a half file that would count as done.
+    atomic_write(path, lambda f: f.write(text), text=True)
 
 
 def run_comparison(
@@ -188,14 +192,15 @@ def _prepare_data(models, dataset, config_dict, config_file_list) -> None:
     """Build the LLM artefacts before any run, so baselines and LLM-ESR read the very same data files
     (for ml-100k the preparation writes a copy that later runs then prefer)."""
     from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.prep.from_config import ensure_prepared
     from recbole_llmesr.registry import get_model
 
     for model in models:
-        prepare = getattr(get_model(model), "prepare_data", None)
-        if prepare is not None:
+        if getattr(get_model(model), "uses_llm_artifacts", False):
             argv, sys.argv = sys.argv, sys.argv[:1]
             try:
-                prepare(LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(config_dict)))
+                ensure_prepared(LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list,
+                                             config_dict=dict(config_dict)))
             finally:
                 sys.argv = argv
 
@@ -332,58 +337,3 @@ def write_reports(report: dict, output: Path) -> None:
     _write_json(output / "results.json", report)
     (output / "results.md").write_text(markdown_table(report))
     plot(report, output / "results.png")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmesr-compare",
-        description="Compare models over several seeds on one dataset and split. Any other --key=value is a "
-        "RecBole config override for every run (e.g. --epochs=5).",
-    )
-    parser.add_argument("--models", required=True, help="comma-separated, e.g. SASRec,LLMESR_SASRec")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3: 42, 43, 44 as in the paper)")
-    parser.add_argument("--first_seed", type=int, default=42)
-    parser.add_argument("--baseline", default=None, help="model the p-values compare against (default: the first)")
-    parser.add_argument("--eval_mode", default="paper100", help="paper100 (the paper's protocol), full, uni100, ...")
-    parser.add_argument("--output", default=None, help="output folder (default: compare/<dataset>)")
-    parser.add_argument("--config_files", default=None, help="space-separated YAML files for every run")
-    parser.add_argument("--override", action="append", default=[], metavar="MODEL:KEY=VALUE",
-                        help="setting for one model only, repeatable, e.g. --override=SASRec:epochs=3")
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args, rest = build_parser().parse_known_args(argv)
-    try:
-        common = {**protocol(args.eval_mode), **parse_overrides(rest)}
-        per_model = parse_overrides(args.override, per_model=True)
-    except ValueError as err:
-        print(f"llmesr-compare: error: {err}", file=sys.stderr)
-        return 2
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    from recbole_llmesr.registry import UnknownModelError, get_model
-
-    try:
-        for model in models:
-            get_model(model)  # fail before hours of training, not after
-    except UnknownModelError as err:
-        print(f"llmesr-compare: error: {err}", file=sys.stderr)
-        return 2
-    report = run_comparison(
-        models,
-        args.dataset,
-        seeds=[args.first_seed + i for i in range(args.seeds)],
-        output=Path(args.output or Path("compare") / args.dataset),
-        baseline=args.baseline,
-        config_dict=common,
-        model_overrides=per_model,
-        config_file_list=args.config_files.split() if args.config_files else None,
-    )
-    print(markdown_table(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,20 @@
 """RecBole ``Config`` that knows the plugin's models, property files and data folder."""
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from recbole.config import Config
 
 from recbole_llmesr.compat import apply_numpy_shim
-from recbole_llmesr.embedders import redact_url
 from recbole_llmesr.evaluation import add_group_metrics, paper_sample_num, register_metrics
+from recbole_llmesr.prep.embedders.redact import redact_url
+from recbole_llmesr.prep.readers import ml100k_dir
 from recbole_llmesr.registry import get_model
 
 register_metrics()  # before any Config: it validates `metrics` against RecBole's metric registry
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-RECBOLE_ML100K_DIR = Path(__import__("recbole").__file__).resolve().parent / "dataset_example" / "ml-100k"
+RECBOLE_ML100K_DIR = Path(ml100k_dir()).resolve()
 
 
 def properties_dir() -> Path:
@@ -153,7 +153,3 @@ def _plain(value):
             pass
     return str(value)
 
-
-def make_config(model=None, dataset: Optional[str] = None, config_file_list=None, config_dict=None) -> LLMESRConfig:
-    """Build the configuration the way ``run_recbole`` does (also reads ``--key=value`` from ``sys.argv``)."""
-    return LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)

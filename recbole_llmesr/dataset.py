@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
 
-from recbole_llmesr import artifacts
+from recbole_llmesr.prep import artifacts
 
 
 class LLMESRDataset(SequentialDataset):

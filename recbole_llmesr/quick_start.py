@@ -13,8 +13,9 @@ import torch.distributed as dist
 from recbole.utils import ensure_dir, get_environment, init_logger, init_seed, set_color
 
 from recbole_llmesr.config import LLMESRConfig
-from recbole_llmesr.embedders import redact_url
 from recbole_llmesr.evaluation import data_preparation
+from recbole_llmesr.prep.embedders.redact import redact_url
+from recbole_llmesr.prep.from_config import ensure_prepared
 from recbole_llmesr.registry import create_dataset, get_model, get_trainer
 
 
@@ -70,9 +71,8 @@ def run_recbole(
     logger.info([redact_url(arg) for arg in sys.argv])  # a --embedder_base_url can carry credentials
     logger.info(config)
 
-    prepare = getattr(config.model_class, "prepare_data", None)
-    if prepare is not None:
-        prepare(config)
+    if getattr(config.model_class, "uses_llm_artifacts", False):
+        ensure_prepared(config)  # may point config["data_path"] at a prepared copy (ml-100k)
 
     dataset = create_dataset(config)
     logger.info(dataset)

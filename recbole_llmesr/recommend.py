@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recbole_llmesr import artifacts
+from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.prep import artifacts
 
 # Set by RecBole or at run time, not by the user: never fed back into the rebuilt configuration.
 _RUNTIME_KEYS = {
@@ -31,7 +33,7 @@ _RUNTIME_KEYS = {
 }
 
 
-class RecommendError(ValueError):
+class RecommendError(LLMESRError, ValueError):
     """The checkpoint, the dataset or the request cannot be served."""
 
 
@@ -181,8 +183,8 @@ def _histories(dataset) -> List[np.ndarray]:
 def cold_item_texts(path: str, dataset: str, data_dir: str) -> Dict[str, str]:
     """``item_id -> text`` for the items in an atomic ``.item`` file (or ``.items.jsonl``), rendered with
     the template the dataset's item embeddings were built with."""
-    from recbole_llmesr import readers
-    from recbole_llmesr import text as T
+    from recbole_llmesr.prep import readers
+    from recbole_llmesr.prep import text as T
 
     manifest = artifacts.read_manifest(data_dir, dataset)
     if manifest is None:
@@ -192,10 +194,10 @@ def cold_item_texts(path: str, dataset: str, data_dir: str) -> Dict[str, str]:
     if not path.is_file():
         raise RecommendError(f"{path}: file not found")
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        meta, columns = readers._read_items_jsonl(str(path), "raise", False)
+        meta, columns = readers.read_items_jsonl(str(path), progress=False)
     else:
-        meta, columns = readers._read_atomic_item(str(path), readers.ITEM, "raise", False)
-    items = readers._items_frame(meta, columns)
+        meta, columns = readers.read_item_file(str(path), progress=False)
+    items = readers.items_frame(meta, columns)
     if items.empty:
         raise RecommendError(f"{path}: no items")
     return T.item_texts(items, manifest["template"], manifest["max_chars"], missing_fields="unknown")
@@ -206,13 +208,12 @@ def embed_cold_items(texts: Dict[str, str], dataset: str, data_dir: str, base_ur
     """LLM vectors of the texts, with the embedder named in the dataset's manifest (cached: each text is
     embedded once across runs). ``base_url``: the server of an openai-compatible embedder (the training
     config's ``embedder_base_url``); the API key comes from ``OPENAI_API_KEY``."""
-    from recbole_llmesr.embedders import EmbeddingCache, default_cache_root, embed_texts
-    from recbole_llmesr.preprocess import _get_embedder
+    from recbole_llmesr.prep.embedders import EmbeddingCache, default_cache_root, embed_texts, get_embedder
 
     manifest = artifacts.read_manifest(data_dir, dataset)
     request = manifest["embedder_request"]
     identity = manifest["embedder"]
-    emb = _get_embedder(request["kind"], request.get("model"), base_url, request.get("dim"))
+    emb = get_embedder(request["kind"], request.get("model"), base_url, request.get("dim"))
     if emb.identity() != identity:
         raise RecommendError(f"the embedder available now ({emb.identity()}) is not the one the dataset was "
                              f"prepared with ({identity}); cold-start vectors would not be comparable")
@@ -277,7 +278,8 @@ def evaluate_cases(rec: Recommender, uids: np.ndarray, histories: Sequence[np.nd
 def export(rec: Recommender, out: str, k: int = 10, users: Optional[Iterable[str]] = None, fmt: Optional[str] = None,
            batch_size: int = 1024, exclude_history: bool = True, show_progress: bool = True) -> Dict[str, float]:
     """Write the top-``k`` items of each user to ``out`` (CSV: user_id,rank,item_id,score; JSONL: one
-    object per user). Written to a temporary file and renamed, so ``out`` is never half written."""
+    object per user). Written atomically (:func:`recbole_llmesr.fileio.atomic_write`): ``out`` is never half
+    written."""
     fmt = fmt or ("jsonl" if str(out).endswith(".jsonl") else "csv")
     if fmt not in ("csv", "jsonl"):
         raise RecommendError(f"format must be csv or jsonl, got {fmt!r}")
@@ -285,9 +287,9 @@ def export(rec: Recommender, out: str, k: int = 10, users: Optional[Iterable[str
         raise RecommendError(f"k must be at least 1, got {k}")
     uids = rec.user_ids(users)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
     start = time.monotonic()
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f) -> None:
         if fmt == "csv":
             f.write("user_id,rank,item_id,score\n")
         bar = tqdm(total=len(uids), desc="recommend", unit="user", disable=not show_progress, file=sys.stderr)
@@ -297,7 +299,8 @@ def export(rec: Recommender, out: str, k: int = 10, users: Optional[Iterable[str
                 f.write(_format(rec.user_tokens[u], [rec.item_tokens[i] for i in row_items], row_scores, fmt))
             bar.update(len(chunk))
         bar.close()
-    os.replace(tmp, out)
+
+    atomic_write(out, write, text=True)
     seconds = time.monotonic() - start
     stats = {"users": int(len(uids)), "seconds": seconds, "users_per_s": len(uids) / max(seconds, 1e-9)}
     getLogger().info("llmesr-recommend: %d users in %.1f s (%.0f users/s) -> %s", stats["users"], seconds,
@@ -319,80 +322,3 @@ def _format(user: str, items: List[str], scores: np.ndarray, fmt: str) -> str:
 
 def _csv(value: str) -> str:
     return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value
-
-
-# ---- command line ------------------------------------------------------------------------------
-
-
-def build_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="llmesr-recommend",
-        description="Write the top-K items of each user from a trained checkpoint, excluding the items in the "
-        "user's history. No LLM call for known items; cold-start items (--cold-items) are embedded once.",
-    )
-    p.add_argument("--checkpoint", required=True, help="a .pth written by run_recbole (saved/<Model>-<date>.pth)")
-    p.add_argument("--output", "-o", default="recommendations.csv", help=".csv (user_id,rank,item_id,score) or .jsonl")
-    p.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from the --output suffix")
-    p.add_argument("--k", "-k", type=int, default=10, help="items per user (default 10)")
-    p.add_argument("--users", default=None, help="comma-separated user ids (default: every user)")
-    p.add_argument("--users-file", default=None, help="file with one user id per line")
-    p.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: the one used in training)")
-    p.add_argument("--cold-items", default=None,
-                   help="atomic .item file (or .items.jsonl) of items with text but no interactions, to add as candidates")
-    p.add_argument("--cold-collab", choices=("regression", "pca", "zero"), default="regression",
-                   help="collaborative-view vector of cold-start items (default: regression; see README)")
-    p.add_argument("--embedder-base-url", default=None,
-                   help="server of an openai-compatible embedder for --cold-items (default: the training config's; "
-                   "give it here when it carries credentials, which checkpoints store redacted)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache (default: the training config's, else ~/.cache)")
-    p.add_argument("--include-history", action="store_true", help="do not exclude the user's own items")
-    p.add_argument("--batch-size", type=int, default=1024, help="users scored per batch")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def _read_users(args) -> Optional[List[str]]:
-    users: List[str] = []
-    if args.users:
-        users += [u.strip() for u in args.users.split(",") if u.strip()]
-    if args.users_file:
-        path = Path(args.users_file)
-        if not path.is_file():
-            raise RecommendError(f"{path}: file not found")
-        users += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return users or None
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    import logging
-
-    from recbole_llmesr.embedders import EmbeddingError
-    from recbole_llmesr.trainer import UnsafeCheckpointError
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        rec = load_recommender(args.checkpoint, args.data_path)
-        if args.cold_items:
-            data_dir = rec.config["data_path"]
-            texts = cold_item_texts(args.cold_items, rec.config["dataset"], data_dir)
-            vectors = embed_cold_items(texts, rec.config["dataset"], data_dir, base_url=args.embedder_base_url or rec.config["embedder_base_url"],
-                                       cache_dir=args.cache_dir or rec.config["embedding_cache_dir"],
-                                       show_progress=not args.quiet)
-            add_cold_items(rec, list(texts), vectors, collab=args.cold_collab)
-            getLogger().info("llmesr-recommend: %d cold-start items added as candidates", len(texts))
-        stats = export(rec, args.output, k=args.k, users=_read_users(args), fmt=args.format, batch_size=args.batch_size,
-                       exclude_history=not args.include_history, show_progress=not args.quiet)
-    except (RecommendError, artifacts.ArtifactError, UnsafeCheckpointError, EmbeddingError, FileNotFoundError,
-            KeyError) as err:
-        print(f"llmesr-recommend: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote top-{args.k} items for {stats['users']} users to {args.output} "
-          f"({stats['users_per_s']:.0f} users/s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

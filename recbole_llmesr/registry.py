@@ -11,6 +11,7 @@ from typing import Dict, List
 from recbole.utils import ModelType
 
 from recbole_llmesr.compat import disable_anomaly_mode
+from recbole_llmesr.errors import LLMESRError
 
 # RecBole's model sub-packages, in RecBole's own search order. exlib needs lightgbm/xgboost and is only
 # probed for the two names it defines.
@@ -23,7 +24,7 @@ _RECBOLE_SUBPACKAGES = (
 _EXLIB_MODELS = {"lightgbm": "LightGBM", "xgboost": "XGBoost"}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(LLMESRError, ValueError):
     """Raised for a model name that neither the plugin nor RecBole defines."""
 
 
@@ -115,7 +116,7 @@ def create_dataset(config):
         if "Some feat is empty" not in str(err):
             raise
         # RecBole's own words name neither the dataset nor the settings that emptied it.
-        from recbole_llmesr.readers import EmptyDatasetError
+        from recbole_llmesr.prep.readers import EmptyDatasetError
 
         settings = {k: config[k] for k in ("user_inter_num_interval", "item_inter_num_interval", "val_interval")
                     if config[k] is not None}

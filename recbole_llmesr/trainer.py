@@ -20,10 +20,12 @@ from recbole.utils import EvaluatorType, set_color
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_llmesr.compat import disable_anomaly_mode
+from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.fileio import atomic_write
 from recbole_llmesr.evaluation import GroupCollector, sampled_scores, scores_by_dot_product
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(LLMESRError, RuntimeError):
     """A checkpoint holds objects other than tensors and plain data."""
 
 
@@ -161,8 +163,7 @@ class SafeCheckpointMixin:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         path = os.path.join(self.checkpoint_dir, f"rank{rank}-final.pt")
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        torch.save({"rank": rank, "state_dict": state}, f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        atomic_write(path, lambda f: torch.save({"rank": rank, "state_dict": state}, f))
 
     def _checkpoint_state(self, epoch: int) -> dict:
         to_dict = getattr(self.config, "to_dict", None)
@@ -182,9 +183,7 @@ class SafeCheckpointMixin:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         # Write then rename: an interrupted save never leaves a truncated best model behind.
-        tmp = f"{saved_model_file}.tmp"
-        torch.save(self._checkpoint_state(epoch), tmp)
-        os.replace(tmp, saved_model_file)
+        atomic_write(saved_model_file, lambda f: torch.save(self._checkpoint_state(epoch), f))
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 

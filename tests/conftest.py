@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recbole_llmesr import artifacts
+from recbole_llmesr.prep import artifacts
 
 # Each test gets a config with few epochs and no progress bars; RecBole also reads sys.argv.
 FAST = {"epochs": 2, "hidden_size": 8, "inner_size": 16, "show_progress": False, "train_batch_size": 64, "eval_batch_size": 256, "seed": 7, "stopping_step": 2}
@@ -74,3 +74,40 @@ def build(model: str, config_dict: dict, dataset: str = "tiny"):
     data = create_dataset(config)
     train, valid, test = data_preparation(config, data)
     return config, get_model(model)(config, train._dataset), (train, valid, test)
+
+
+# ------------------------------------------------------------------------------------------ preparation
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """Embedding cache shared by the tests of this session (the ml-100k texts are embedded once)."""
+    return tmp_path_factory.mktemp("llmesr_embedding_cache")
+
+
+@pytest.fixture
+def raw(tmp_path):
+    """A tiny atomic dataset (30 users, 25 titled items) outside the output folder."""
+    folder = write_tiny_dataset(tmp_path / "raw", "tiny", n_users=30, n_items=25, seed=3)
+    return folder / "tiny.inter"
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A dataset prepared once with the real offline model: raw input, output root and embedding cache."""
+    from recbole_llmesr.prep.pipeline import prepare
+
+    base = tmp_path_factory.mktemp("prepared")
+    raw = write_tiny_dataset(base / "raw", "tiny", n_users=30, n_items=25, seed=3)
+    prepare("tiny", inputs={"inter": str(raw / "tiny.inter")}, out_root=str(base / "out"),
+            cache_dir=str(base / "cache"), top_k=10, show_progress=False)
+    return {"raw": raw, "out": base / "out", "cache": base / "cache"}
+
+
+@pytest.fixture
+def outputs(prepared, tmp_path):
+    """This test's own copy of the prepared outputs and cache, and of the raw input to spoil."""
+    import shutil
+
+    paths = {k: tmp_path / f"copy-{k}" for k in prepared}
+    for k, src in prepared.items():
+        shutil.copytree(src, paths[k])
+    return paths

@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import ttest_rel
 
 from recbole_llmesr import compare
+from recbole_llmesr.cli import compare as compare_cli
 
 
 def _cli(tiny, *extra):
@@ -19,7 +20,7 @@ def _cli(tiny, *extra):
 
 
 def test_compare_writes_all_outputs_and_skips_finished_runs(tiny, tmp_path, capsys, monkeypatch):
-    assert compare.main(_cli(tiny)) == 0
+    assert compare_cli.main(_cli(tiny)) == 0
     out = tmp_path / "out"
     rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert [(r["model"], r["seed"]) for r in rows] == [("SASRec", "42"), ("LLMESR_SASRec", "42"), ("SASRec", "43"), ("LLMESR_SASRec", "43")]
@@ -36,10 +37,10 @@ def test_compare_writes_all_outputs_and_skips_finished_runs(tiny, tmp_path, caps
     # A second run trains nothing; a changed setting re-runs only the model it concerns.
     calls = []
     monkeypatch.setattr("recbole_llmesr.quick_start.run_recbole", lambda model, *a, **k: calls.append(model))
-    assert compare.main(_cli(tiny)) == 0
+    assert compare_cli.main(_cli(tiny)) == 0
     assert calls == [] and "skip SASRec seed 43" in capsys.readouterr().err
     with pytest.raises(TypeError):  # the fake run returns None: proves that exactly this run was attempted
-        compare.main(_cli(tiny, "--override=LLMESR_SASRec:alpha=0.5"))
+        compare_cli.main(_cli(tiny, "--override=LLMESR_SASRec:alpha=0.5"))
     assert calls == ["LLMESR_SASRec"]
 
 
@@ -60,5 +61,5 @@ def test_overrides_parse_like_recbole():
 
 
 def test_unknown_model_fails_before_training(capsys):
-    assert compare.main(["--models=SASRec,SASrec2", "--dataset=tiny"]) == 2
+    assert compare_cli.main(["--models=SASRec,SASrec2", "--dataset=tiny"]) == 2
     assert "Unknown model 'SASrec2'" in capsys.readouterr().err

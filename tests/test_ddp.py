@@ -73,7 +73,7 @@ def test_two_process_training_keeps_ranks_identical(tiny, tmp_path):
 
 
 def test_cli_nproc_2(tiny, tmp_path, capsys):
-    from recbole_llmesr.cli import main
+    from recbole_llmesr.cli.run_recbole import main
 
     cfg = tiny["config"]
     saved = tmp_path / "cli_saved"

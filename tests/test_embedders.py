@@ -1,4 +1,4 @@
-"""Tests for recbole_llmesr.embedders: the real offline model, and the real openai client against a
+"""Tests for recbole_llmesr.prep.embedders: the real offline model, and the real openai client against a
 real local HTTP server (tests/openai_stub_server.py) that scripts API faults."""
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_stub_server import StubEmbeddingServer, vector_for  # noqa: E402
+from prep_helpers import ST_IDENTITY, assert_prepare_fails, prepare_cli_error, run_prepare  # noqa: E402
 
-from recbole_llmesr import embedders as E  # noqa: E402
-from recbole_llmesr.embedders import (  # noqa: E402
+from recbole_llmesr.prep import artifacts  # noqa: E402
+from recbole_llmesr.prep import embedders as E  # noqa: E402
+from recbole_llmesr.prep.embedders import (  # noqa: E402
     EmbeddingAPIError,
     EmbeddingCache,
     EmbeddingConfigError,
@@ -26,10 +28,13 @@ from recbole_llmesr.embedders import (  # noqa: E402
     default_cache_root,
     embed_texts,
     estimate_cost,
+    identity_slug,
     plan_batches,
 )
 
 FAKE_KEY = "sk-test-FAKE-0123456789abcdef-DO-NOT-LEAK"
+LEAK_KEY = "sk-test-LEAKCANARY-7f3a9c2e1b-DO-NOT-WRITE"
+URL_USER, URL_PASSWORD = "alice", "LEAKCANARY-url-pw-41d7"
 DIM = 16
 
 
@@ -256,7 +261,7 @@ def test_corrupt_chunk_skipped_and_reembedded(server, key, tmp_path, caplog):
     blob = chunks[0].read_bytes()
     chunks[0].write_bytes(blob[: len(blob) // 2])  # truncated write
     server.reset_log()
-    with caplog.at_level(logging.WARNING, logger="recbole_llmesr.embedders"):
+    with caplog.at_level(logging.WARNING, logger="recbole_llmesr.prep.embedders"):
         out = embed_texts(emb, texts, EmbeddingCache(tmp_path, emb.identity()), show_progress=False)
     assert chunks[0].name in caplog.text
     assert chunks[0].with_name(chunks[0].name + ".corrupt").exists()
@@ -350,3 +355,64 @@ def test_default_cache_root(monkeypatch, tmp_path):
     assert default_cache_root() == tmp_path / "c"
     monkeypatch.delenv("RECBOLE_LLMESR_CACHE")
     assert default_cache_root() == Path(os.path.expanduser("~/.cache/recbole_llmesr"))
+
+
+# --------------------------------------------------------------- through prepare and after failures
+
+
+# An unreadable embedding-cache chunk is moved aside with a warning naming it, and only its texts are
+# embedded again; a missing key or a vanished server fails without losing what was embedded.
+
+
+def test_corrupt_cache_chunk_is_set_aside_and_nothing_else_is_lost(outputs, caplog):
+    chunks = sorted((outputs["cache"] / identity_slug(ST_IDENTITY)).glob("chunk-*.npz"))
+    assert len(chunks) == 2  # item texts, then user texts
+    folder = outputs["out"] / "tiny"
+    vectors = {k: artifacts.load_embeddings(artifacts.artifact_path(folder, "tiny", k))[1]
+               for k in (artifacts.ITEM_EMB, artifacts.USER_EMB)}
+    kept = chunks[0].read_bytes()
+    blob = chunks[1].read_bytes()
+    chunks[1].write_bytes(blob[: len(blob) // 2])  # as a crash in the middle of a copy would leave it
+    with caplog.at_level(logging.WARNING, logger="recbole_llmesr"):
+        run_prepare(outputs["raw"] / "tiny.inter", outputs, force=True)
+    assert chunks[1].name in caplog.text and "re-embedded" in caplog.text
+    assert chunks[1].with_name(chunks[1].name + ".corrupt").is_file()
+    assert chunks[0].read_bytes() == kept  # the item texts were not embedded again
+    new = sorted(set((outputs["cache"] / identity_slug(ST_IDENTITY)).glob("chunk-*.npz")) - set(chunks))
+    assert len(new) == 1 and len(np.load(new[0])["keys"]) == 30  # just the 30 user texts
+    for k, v in vectors.items():
+        rebuilt = artifacts.load_embeddings(artifacts.artifact_path(folder, "tiny", k))[1]
+        np.testing.assert_allclose(rebuilt, v, atol=1e-5)
+
+
+def test_missing_openai_api_key(outputs, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert_prepare_fails(outputs["raw"] / "tiny.inter", outputs, EmbeddingConfigError,
+                         "OPENAI_API_KEY is not set", embedder="openai")
+    line = prepare_cli_error(capsys, "--inter", str(outputs["raw"]), "--out", str(outputs["out"]), "--embedder",
+                             "openai")
+    assert "OPENAI_API_KEY is not set" in line
+
+
+def test_unreachable_base_url_keeps_what_was_embedded(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    texts = [f"item {i}" for i in range(6)]
+    with StubEmbeddingServer() as srv:
+        url, port = srv.base_url, srv.port
+        emb = build_embedder("openai", base_url=url, dim=16, batch_size=3, max_retries=1, backoff_base=0.01,
+                             timeout=2.0)
+        embed_texts(emb, texts[:3], EmbeddingCache(tmp_path, emb.identity()), show_progress=False)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # the server is gone: nothing listens there now
+    with pytest.raises(EmbeddingAPIError, match=rf"could not reach {url}.*3 of 6 unique texts are cached") as err:
+        embed_texts(emb, texts, EmbeddingCache(tmp_path, emb.identity()), show_progress=False)
+    assert err.value.cached_texts == 3 and len(EmbeddingCache(tmp_path, emb.identity())) == 3
+
+
+def test_credentials_in_base_url_with_api_key_are_refused(monkeypatch):
+    # The HTTP client would send user:password as Basic auth *instead of* the key: refuse, without echoing.
+    monkeypatch.setenv("OPENAI_API_KEY", LEAK_KEY)
+    url = f"http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:9/v1"
+    with pytest.raises(EmbeddingConfigError, match="user:password") as err:
+        build_embedder("openai", base_url=url, dim=16)
+    assert URL_PASSWORD not in str(err.value) and LEAK_KEY not in str(err.value)

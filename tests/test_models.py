@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import build
 
-from recbole_llmesr.artifacts import ArtifactError, artifact_path, save_embeddings, write_manifest
+from recbole_llmesr.prep.artifacts import ArtifactError, artifact_path, save_embeddings, write_manifest
 from recbole_llmesr.quick_start import run_recbole
 
 MODELS = ["LLMESR_SASRec", "LLMESR_GRU4Rec", "LLMESR_BERT4Rec"]

@@ -1,17 +1,21 @@
-"""Tests of recbole_llmesr.readers on small files written into tmp_path (no /work/shared)."""
+"""Tests of recbole_llmesr.prep.readers on small files written into tmp_path (no /work/shared)."""
 import calendar
 import gzip
+import importlib
 import inspect
 import json
 import os
+import pkgutil
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from recbole_llmesr import readers as R
-from recbole_llmesr.readers import (
+from prep_helpers import HEADER, assert_prepare_fails, good_rows, prepare_cli_error, spoil
+
+from recbole_llmesr.prep import readers as R
+from recbole_llmesr.prep.readers import (
     BadLineWarning,
     DataFormatError,
     EmptyDatasetError,
@@ -109,7 +113,8 @@ def test_amazon2014_malicious_meta_skip_warns_and_never_executes(tmp_path, monke
 
 
 def test_readers_never_call_eval():
-    src = inspect.getsource(R)
+    modules = [R] + [importlib.import_module(f"{R.__name__}.{m.name}") for m in pkgutil.iter_modules(R.__path__)]
+    src = "".join(inspect.getsource(m) for m in modules)
     assert re.search(r"(?<![\w.])eval\s*\(", src) is None
     assert "literal_eval" in src
 
@@ -411,3 +416,86 @@ def test_write_atomic_rejects_bad_columns(tmp_path):
     with pytest.raises(ValueError, match="my:title"):
         R.write_atomic(bad, tmp_path)
     assert not os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- through prepare
+
+
+# A bad input file stops ``prepare`` (and ``llmesr-prepare``) with the file and line, and leaves what was
+# built before (atomic files, artefacts, manifest, embedding cache) byte for byte unchanged.
+
+
+def test_inter_wrong_column_count(outputs, capsys):
+    inter = spoil(outputs, "\n".join([HEADER, "u1\ti1\t1", "u1\ti2"]) + "\n")
+    assert_prepare_fails(inter, outputs, DataFormatError,
+                         r"tiny\.inter, line 3: expected 3 tab-separated fields, found 2")
+    line = prepare_cli_error(capsys, "--inter", str(inter), "--out", str(outputs["out"]))
+    assert line.endswith(f"{inter}, line 3: expected 3 tab-separated fields, found 2")
+
+
+def test_inter_header_without_types(outputs):
+    inter = spoil(outputs, "\n".join(["user_id\titem_id:token\ttimestamp:float", *good_rows()]) + "\n")
+    assert_prepare_fails(inter, outputs, DataFormatError,
+                         r"tiny\.inter, line 1: header field 'user_id' is not 'name:type'")
+
+
+def test_inter_header_without_item_column(outputs):
+    inter = spoil(outputs, "\n".join(["user_id:token\titem:token\ttimestamp:float", *good_rows()]) + "\n")
+    assert_prepare_fails(inter, outputs, DataFormatError, r"tiny\.inter, line 1: no 'item_id' column in header")
+
+
+@pytest.mark.parametrize("file", ["inter", "item"])
+def test_non_utf8_bytes(file, outputs):
+    path = outputs["raw"] / f"tiny.{file}"
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3][:4] + b"\xff\xfe caf\xe9" + lines[3][4:]  # Latin-1 bytes in a UTF-8 file
+    path.write_bytes(b"\n".join(lines))
+    assert_prepare_fails(outputs["raw"] / "tiny.inter", outputs, DataFormatError,
+                         rf"tiny\.{file}, line 4: not valid UTF-8")
+
+
+@pytest.mark.parametrize("file", ["inter", "item"])
+def test_empty_file(file, outputs):
+    (outputs["raw"] / f"tiny.{file}").write_bytes(b"")
+    assert_prepare_fails(outputs["raw"] / "tiny.inter", outputs, DataFormatError,
+                         rf"tiny\.{file}, line 1: empty file \(no header\)")
+
+
+def test_inter_with_header_only(outputs):
+    inter = spoil(outputs, HEADER + "\n")
+    assert_prepare_fails(inter, outputs, EmptyDatasetError, r"tiny\.inter: no interactions were read")
+
+
+def test_bad_timestamp(outputs):
+    inter = spoil(outputs, "\n".join([HEADER, "u1\ti1\tyesterday", *good_rows()]) + "\n")
+    assert_prepare_fails(inter, outputs, DataFormatError,
+                         r"tiny\.inter, line 2: timestamp is neither a number nor a date: 'yesterday'")
+
+
+def test_truncated_gzip(outputs):
+    data = gzip.compress("\n".join([HEADER, *good_rows(400)]).encode())
+    (outputs["raw"] / "tiny.inter").unlink()
+    gz = outputs["raw"] / "tiny.inter.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    assert_prepare_fails(gz, outputs, DataFormatError, r"tiny\.inter\.gz, line \d+: cannot read compressed data")
+
+
+def test_duplicate_item_ids_in_item_file(outputs, capsys):
+    item = outputs["raw"] / "tiny.item"
+    lines = item.read_text().splitlines()
+    lines.insert(5, "i3\ta second title for item 3")  # line 6; i3 is on line 5
+    item.write_text("\n".join(lines) + "\n")
+    assert_prepare_fails(outputs["raw"] / "tiny.inter", outputs, DataFormatError,
+                         r"tiny\.item, line 6: duplicate item_id 'i3' \(first on line 5\)")
+    line = prepare_cli_error(capsys, "--inter", str(outputs["raw"]), "--out", str(outputs["out"]))
+    assert "duplicate item_id 'i3'" in line
+
+
+def test_empty_after_filtering(outputs, capsys):
+    inter = outputs["raw"] / "tiny.inter"
+    assert_prepare_fails(inter, outputs, EmptyDatasetError,
+                         r"dataset 'tiny': kcore\(user_k=50, item_k=5\) removed every interaction \(before: \d+ inter",
+                         filters={"mode": "kcore", "user_k": 50})
+    line = prepare_cli_error(capsys, "--inter", str(inter), "--out", str(outputs["out"]), "--filter", "kcore",
+                             "--user-k", "50")
+    assert "removed every interaction" in line

@@ -1,4 +1,4 @@
-"""Tests for recbole_llmesr.retrieval: real faiss, compared with brute-force numpy."""
+"""Tests for recbole_llmesr.prep.retrieval: real faiss, compared with brute-force numpy."""
 import os
 import time
 
@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from recbole_llmesr.retrieval import available_cpus, recall_at_k, similar_users
+from recbole_llmesr.prep.retrieval import available_cpus, recall_at_k, similar_users
 
 
 def brute_force(x: np.ndarray, k: int) -> np.ndarray:

@@ -60,7 +60,8 @@ def test_unknown_model_lists_close_matches():
 
 def test_cli_unknown_model_exits_with_message():
     proc = subprocess.run(
-        [sys.executable, "-m", "recbole_llmesr.cli", "--model=GRU4Recc", "--dataset=ml-100k"], capture_output=True, text=True
+        [sys.executable, "-m", "recbole_llmesr.cli.run_recbole", "--model=GRU4Recc", "--dataset=ml-100k"],
+        capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert "Unknown model 'GRU4Recc'" in proc.stderr and "GRU4Rec" in proc.stderr
@@ -69,7 +70,8 @@ def test_cli_unknown_model_exits_with_message():
 def test_cli_trains_with_overrides(tiny, tmp_path):
     cfg = tiny["config"]
     proc = subprocess.run(
-        [sys.executable, "-m", "recbole_llmesr.cli", "--model=SASRec", "--dataset=tiny", f"--data_path={cfg['data_path']}",
+        [sys.executable, "-m", "recbole_llmesr.cli.run_recbole", "--model=SASRec", "--dataset=tiny",
+         f"--data_path={cfg['data_path']}",
          "--epochs=1", "--show_progress=False", f"--checkpoint_dir={cfg['checkpoint_dir']}"],
         capture_output=True, text=True, cwd=tmp_path,
     )
@@ -134,7 +136,7 @@ def test_runner_never_imports_recbole_quick_start(tiny, tmp_path):
 def test_cli_reports_configuration_errors_in_one_line(tiny, tmp_path):
     # The tiny artefacts are 16-d: PCA cannot initialise the default 64-d ID table.
     proc = subprocess.run(
-        [sys.executable, "-m", "recbole_llmesr.cli", "--model=LLMESR_SASRec", "--dataset=tiny",
+        [sys.executable, "-m", "recbole_llmesr.cli.run_recbole", "--model=LLMESR_SASRec", "--dataset=tiny",
          f"--data_path={tiny['config']['data_path']}", "--hidden_size=64", "--show_progress=False"],
         capture_output=True, text=True, cwd=tmp_path,
     )

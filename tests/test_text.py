@@ -1,10 +1,19 @@
-"""Tests of recbole_llmesr.text (item templates, user texts)."""
+"""Tests of recbole_llmesr.prep.text (item templates, user texts, the template a dataset gets)."""
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
+from openai_stub_server import StubEmbeddingServer
+from prep_helpers import ST_IDENTITY, run_prepare
 
-from recbole_llmesr import readers as R
-from recbole_llmesr import text as T
+from recbole_llmesr.prep import artifacts
+from recbole_llmesr.prep import readers as R
+from recbole_llmesr.prep import text as T
+from recbole_llmesr.prep.embedders import EmbeddingCache
+from recbole_llmesr.prep.text import choose_template
+
+FAKE_KEY = "sk-test-FAKE-bad-input-0123456789"
 
 
 def _items():
@@ -121,3 +130,76 @@ def test_item_names():
     assert T.item_names(_items(), "title") == {"i1": "Lip Balm", "i2": "", "i3": "Cream"}
     with pytest.raises(KeyError, match="nope"):
         T.item_names(_items(), "nope")
+
+
+def test_template_choice():
+    assert choose_template(["movie_title", "release_year", "class"], "ml-100k", "atomic")[1] == "movie"
+    assert choose_template(["title", "brand", "categories", "price", "description"], "x", "beauty")[1] == "beauty"
+    amazon = ["title", "brand", "price", "categories", "description"]
+    assert choose_template(amazon, "amazon_beauty", "atomic")[1] == "beauty"
+    assert choose_template(amazon, "sports", "amazon2014")[1] == "amazon"
+    assert choose_template(amazon + ["features"], "clothing", "amazon2018")[1] == "fashion"
+    assert choose_template(["name", "city", "categories", "stars", "review_count"], "y", "yelp")[1] == "yelp"
+    assert choose_template(["title"], "books", "csv") == (T.TEMPLATES["generic"], "generic", "unknown")
+    assert choose_template(["title"], "books", "csv", "movie") == (T.TEMPLATES["movie"], "movie", "error")
+    assert choose_template(["title"], "b", "csv", "Book: {title}")[:2] == ("Book: {title}", "custom")
+    with pytest.raises(ValueError, match="unknown item text template"):
+        choose_template(["title"], "b", "csv", "nonsense")
+
+
+# ---------------------------------------------------------------- item text policy, through prepare
+
+
+# Items with no text (no row in ``.item``, or only empty / whitespace fields) are embedded like any other
+# item with every text field rendered as "unknown" (the paper's missing-field handling), and a warning names
+# how many and which; the written ``.item`` holds ``[UNK]`` for them. A text longer than ``text_max_chars``
+# (1 MB here) is cut to ``text_max_chars`` characters (user texts to their last ``user_text_max_chars``),
+# never sent whole.
+
+
+def items_unknown(caplog) -> str:
+    (line,) = [r.getMessage() for r in caplog.records if "have no text" in r.getMessage()]
+    return line
+
+
+def test_items_without_text(outputs, caplog):
+    # Policy: embedded, every field "unknown", with a warning naming them (here: no row in .item).
+    item = outputs["raw"] / "tiny.item"
+    lines = [ln for ln in item.read_text().splitlines() if not ln.startswith(("i3\t", "i17\t"))]
+    item.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="recbole_llmesr"):
+        m = run_prepare(item.with_suffix(".inter"), outputs)
+    assert "2 of 25 items have no text" in items_unknown(caplog) and "i17, i3" in items_unknown(caplog)
+    assert m["counts"]["items"] == 25  # nothing dropped (RecBole alone would drop their interactions)
+    written = (outputs["out"] / "tiny" / "tiny.item").read_text().splitlines()
+    assert "i3\t[UNK]" in written and "i17\t[UNK]" in written
+    tokens, _ = artifacts.load_embeddings(outputs["out"] / "tiny" / "tiny.item_emb.npz", expected_dim=384)
+    assert {"i3", "i17"} <= set(tokens.tolist())
+    cache = EmbeddingCache(outputs["cache"], ST_IDENTITY)
+    assert cache.get_many(["The item has following attributes: title is unknown."])
+
+
+def test_empty_or_whitespace_titles(outputs, caplog):
+    item = outputs["raw"] / "tiny.item"
+    text = item.read_text().replace("i4\titem number 4\n", "i4\t\n")
+    item.write_text(text.replace("i5\titem number 5\n", "i5\t   \n"))
+    with caplog.at_level(logging.WARNING, logger="recbole_llmesr"):
+        run_prepare(item.with_suffix(".inter"), outputs)
+    assert "2 of 25 items have no text" in items_unknown(caplog) and "i4, i5" in items_unknown(caplog)
+    written = (outputs["out"] / "tiny" / "tiny.item").read_text().splitlines()
+    assert "i4\t[UNK]" in written and "i5\t[UNK]" in written
+
+
+def test_text_of_one_megabyte_is_truncated(outputs, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    item = outputs["raw"] / "tiny.item"
+    huge = "word " * 200_000  # 1 MB
+    item.write_text(item.read_text().replace("i7\titem number 7\n", f"i7\t{huge}\n"))
+    with StubEmbeddingServer() as srv:  # shows exactly what was sent
+        m = run_prepare(item.with_suffix(".inter"), outputs, embedder="openai", base_url=srv.base_url, dim=16)
+        sent = srv.inputs_sent()
+    assert m["counts"]["items"] == 25 and (m["max_chars"], m["user_max_chars"]) == (2048, 8000)
+    big = [t for t in sent if "word word" in t]
+    item_text = [t for t in big if t.startswith("The item has following attributes: title is word")]
+    assert len(item_text) == 1 and len(item_text[0]) == 2048
+    assert max(map(len, sent)) <= 8000 + 100  # user texts: the last 8000 characters, plus prefix and suffix

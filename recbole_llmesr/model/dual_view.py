@@ -13,10 +13,11 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_llmesr.dataset import LLMESRDataset, longest_prefix_rows
+from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.model.layers import CrossAttention, attention_mask, init_weights
 from recbole_llmesr.model.losses import chunked_cross_entropy, sampled_softmax
 
-class ModelConfigError(ValueError):
+class ModelConfigError(LLMESRError, ValueError):
     """A model hyper-parameter is missing, of the wrong type or inconsistent with the data."""
 
 
@@ -54,12 +55,6 @@ class DualViewRecommender(SequentialRecommender):
     property_files = ("LLMESR",)  # properties/model/LLMESR.yaml, then the backbone's own file
     uses_llm_artifacts = True  # the runner builds the dataset's LLM artefacts before loading it
 
-    @classmethod
-    def prepare_data(cls, config) -> None:
-        """Build the dataset's LLM artefacts if they are missing or stale (no-op when fresh)."""
-        from recbole_llmesr.preprocess import ensure_prepared
-        ensure_prepared(config)
-
     causal = True  # left-to-right backbones; bidirectional ones override
     batch_item_tables = True  # sampled losses look up only the batch's items (exact; False = whole tables)
     dot_product_scores = True  # predict == a full_sort_predict column: fast sampled evaluation applies
@@ -78,6 +73,9 @@ class DualViewRecommender(SequentialRecommender):
         self.id_anchor = _flag(config, "id_anchor")
         if self.id_anchor and self.id_init != "pca":
             raise ModelConfigError("id_anchor keeps the PCA map of id_init: pca trainable; it needs id_init: pca")
+        self.id_dropout = _number(config, "id_dropout", float)
+        if not 0 <= self.id_dropout < 1 or (self.id_dropout and not self.id_anchor):
+            raise ModelConfigError(f"id_dropout must be in [0, 1) and needs id_anchor: True; got {self.id_dropout}")
         self.use_distillation = _flag(config, "use_distillation")
         self.alpha = _number(config, "alpha", float)
         self.sim_user_num = _number(config, "sim_user_num", int)
@@ -138,7 +136,7 @@ class DualViewRecommender(SequentialRecommender):
         # Only training uses the prior and the sampling probabilities, so they are not saved with the model.
         prior = torch.log1p(counts.float()) if self.logit_adjustment and counts is not None else None
         self.register_buffer("log_prior", prior, persistent=False)
-        self.register_buffer("log_q", self._sampling_log_q(counts), persistent=False)
+        self.register_buffer("popularity", self._sampling_popularity(counts), persistent=False)
 
         if self.use_distillation:
             self._init_teacher(dataset)
@@ -257,6 +255,11 @@ class DualViewRecommender(SequentialRecommender):
                     llm = self.llm_item_emb if rows is None else self.llm_item_emb[rows]
                     # [PAD] (and [MASK]) have no text: their rows stay the residual alone.
                     has_text = (llm != 0).any(-1, keepdim=True)
+                    if self.training and self.id_dropout:
+                        # Items trained without their residual teach the encoder to rank by the mapped LLM
+                        # vector alone, which is all a rare item has (DropoutNet's idea, per item).
+                        keep = torch.rand(len(table), 1, device=table.device) >= self.id_dropout
+                        table = table * (keep | ~has_text)
                     table = table + self.id_projection(llm) * has_text
                 tables.append(table)
             else:
@@ -309,8 +312,8 @@ class DualViewRecommender(SequentialRecommender):
             history = torch.cat([item_seq, pos_items.unsqueeze(1)], dim=1)
             negatives = self._sample_negatives(history, valid.size(1))[valid]
         elif self.loss_type == "SSM":
-            negatives = self._negative_pool(targets)
-            offsets = self._sampled_offsets(targets), self._sampled_offsets(negatives)
+            negatives, share = self._negative_pool(targets)
+            offsets = self._sampled_offsets(targets, share), self._sampled_offsets(negatives, share)
         if self.loss_type != "CE" and self.causal and self.batch_item_tables:
             # Only the batch's items are looked up: relabel them 0..R-1 (0 stays [PAD]) and build R rows.
             parts = [seq.new_zeros(1), seq.reshape(-1), targets, negatives.reshape(-1)]
@@ -365,38 +368,38 @@ class DualViewRecommender(SequentialRecommender):
         # inference do not, so the embeddings need not learn popularity themselves.
         return self.logit_adjustment * self.log_prior[: self.n_items]
 
-    def _sampling_log_q(self, counts: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """``log q[item]``: the probability that one draw of ``_negative_pool`` yields the item.
-
-        In-batch draws pick a training target, so their item probability is the item's share of the
-        training interactions; uniform draws pick any item alike; ``mixed`` draws half of each.
-        """
+    def _sampling_popularity(self, counts: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Each item's share of the training interactions: the chance that an in-batch draw (a training
+        target) is that item. Only sampled softmax needs it."""
         if self.loss_type != "SSM" or counts is None:
             return None
-        n = self.n_items - 1
-        uniform = torch.full((self.n_items,), 1.0 / n)
         popularity = counts.float() / counts[1:].sum().clamp(min=1)
-        share = {"uniform": 0.0, "in_batch": 1.0, "mixed": 0.5}[self.negative_sampling]
-        q = share * popularity + (1 - share) * uniform
-        q[0] = 1.0  # [PAD] is never drawn
-        return torch.log(q.clamp(min=1e-12))
+        popularity[0] = 0.0  # [PAD] is never drawn
+        return popularity
 
-    def _negative_pool(self, targets: torch.Tensor) -> torch.Tensor:
-        """``[K]`` negatives shared by the batch: uniform items, other positions' targets, or half of each."""
+    def _negative_pool(self, targets: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """``[K]`` negatives shared by the batch (uniform items, other positions' targets, or half of each),
+        and the share of them drawn in-batch."""
         k = self.num_negatives
         n_batch = {"uniform": 0, "in_batch": k, "mixed": k // 2}[self.negative_sampling]
         n_batch = min(n_batch, len(targets))
+        n_uniform = 0 if self.negative_sampling == "in_batch" else k - n_batch
         picked = targets[torch.randint(len(targets), (n_batch,), device=targets.device)]
-        uniform = torch.randint(1, self.n_items, (k - n_batch,), device=targets.device)
-        return torch.cat([picked, uniform])
+        uniform = torch.randint(1, self.n_items, (n_uniform,), device=targets.device)
+        return torch.cat([picked, uniform]), n_batch / max(1, n_batch + n_uniform)
 
-    def _sampled_offsets(self, items: torch.Tensor) -> Optional[torch.Tensor]:
-        """Constants added to the sampled logits: ``-log q`` (logQ correction) plus the logit adjustment."""
+    def _sampled_offsets(self, items: torch.Tensor, in_batch_share: float) -> torch.Tensor:
+        """Constants added to the sampled logits: ``-log q`` (logQ correction) plus the logit adjustment.
+
+        ``q``: the probability that one draw of the pool is the item, a mix of the in-batch draws
+        (popularity) and the uniform ones.
+        """
         offset = torch.zeros(items.shape, device=items.device)
         if self.logq_correction:
-            if self.log_q is None:
+            if self.popularity is None:
                 raise ModelConfigError("logq_correction needs the training split's item counts: build the model on train_data.dataset")
-            offset = offset - self.log_q[items]
+            q = in_batch_share * self.popularity[items] + (1 - in_batch_share) / (self.n_items - 1)
+            offset = offset - torch.log(q.clamp(min=1e-12))
         prior = self._logit_prior()
         if prior is not None:
             offset = offset + prior[items]

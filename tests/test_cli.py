@@ -1,7 +1,8 @@
-"""Issue 7, part 3: secrets never reach a file.
+"""Tests of the command-line tools (recbole_llmesr.cli): ``llmesr-prepare`` builds, reports and fails in one
+line; and neither it nor ``run_recbole`` writes a secret anywhere.
 
-A recognisable fake API key (and, separately, a base URL carrying ``user:password``) goes through a full
-``llmesr-prepare`` run and a ``run_recbole`` training run whose automatic preparation embeds through the
+Secrets: a recognisable fake API key (and, separately, a base URL carrying ``user:password``) goes through a
+full ``llmesr-prepare`` run and a ``run_recbole`` training run whose automatic preparation embeds through the
 local OpenAI stub (tests/openai_stub_server.py). Then every file either run wrote (logs, tensorboard
 events, checkpoints raw and as loaded, manifests, atomic files, artefacts, the embedding cache) and
 everything printed is searched for the secret.
@@ -19,15 +20,90 @@ from typing import Iterable, List
 import pytest
 import torch
 import yaml
+from conftest import FAST, write_tiny_dataset
+from openai_stub_server import StubEmbeddingServer
+from prep_helpers import settings_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import FAST, write_tiny_dataset  # noqa: E402
-from openai_stub_server import StubEmbeddingServer  # noqa: E402
-
-from recbole_llmesr import artifacts  # noqa: E402
+from recbole_llmesr.cli.common import run_tool
+from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.prep import artifacts
+from recbole_llmesr.prep.freshness import is_fresh
 
 FAKE_KEY = "sk-test-LEAKCANARY-7f3a9c2e1b-DO-NOT-WRITE"
 URL_USER, URL_PASSWORD = "alice", "LEAKCANARY-url-pw-41d7"
+
+
+# ------------------------------------------------------------------------------------- shared catch
+
+
+def test_every_package_error_is_one_line_and_status_2(capsys):
+    def fail(error: BaseException):
+        def body() -> int:
+            raise error
+        return body
+
+    assert run_tool("some-tool", fail(LLMESRError("bad input\n  on two lines"))) == 2
+    assert capsys.readouterr().err == "some-tool: error: bad input on two lines\n"
+    with pytest.raises(RuntimeError):  # anything else is a bug: its traceback is shown
+        run_tool("some-tool", fail(RuntimeError("bug")))
+
+
+# ----------------------------------------------------------------------------------- llmesr-prepare
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "recbole_llmesr.cli.prepare", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_builds_and_reports(raw, tmp_path, shared_cache):
+    out = tmp_path / "out"
+    r = cli("--dataset", "tiny", "--source", "atomic", "--inter", str(raw), "--out", str(out),
+            "--cache-dir", str(shared_cache), "--top-k", "7", "--template", "Item called {title}.", "--quiet",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "30 users, 25 items" in r.stdout and "384-d" in r.stdout and str(out / "tiny") in r.stdout
+    m = artifacts.read_manifest(out / "tiny", "tiny")
+    assert m["top_k"] == 7 and m["template"] == "Item called {title}."
+    assert is_fresh(out / "tiny", "tiny", settings_of(m))
+
+
+def test_cli_bad_input_file_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\n")
+    r = cli("--dataset", "bad", "--source", "atomic", "--inter", str(bad), "--out", str(tmp_path / "out"),
+            "--quiet", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"llmesr-prepare: error: {bad}, line 3: expected 3 tab-separated "
+                                             f"fields, found 2"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["missing_file", "missing_args", "bad_template", "bad_columns", "empty"])
+def test_cli_errors_are_one_line(case, tmp_path, capsys, monkeypatch):
+    from recbole_llmesr.cli.prepare import main
+
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # what --quiet sets; restored afterwards
+
+    inter = tmp_path / "x.inter"
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\n")
+    csv = tmp_path / "x.csv"
+    csv.write_text("u,i,t\n1,2,3\n")
+    args, expected = {
+        "missing_file": (["--inter", str(tmp_path / "absent.inter")], f"{tmp_path / 'absent.inter'}: file not found"),
+        "missing_args": (["--source", "amazon2014", "--reviews", str(inter)], "needs --reviews and --meta"),
+        "bad_template": (["--inter", str(inter), "--template", "nonsense"], "unknown item text template 'nonsense'"),
+        "bad_columns": (["--source", "csv", "--inter", str(csv), "--columns", "user_id=u,item_id=i,timestamp=ts"],
+                        f"{csv}, line 1: column 'ts' (for timestamp) is not in the header"),
+        "empty": (["--inter", str(inter), "--filter", "kcore"], "removed every interaction"),
+    }[case]
+    assert main(["--dataset", "x", "--out", str(tmp_path / "out"), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llmesr-prepare: error: ") and expected in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ secrets
 
 
 def written_files(*roots: Path) -> List[Path]:
@@ -58,7 +134,7 @@ def prepare_then_train(tmp_path: Path, kind: str, model: str, base_url: str, dim
     ``logging.basicConfig`` is a no-op while pytest's handlers sit on the root logger). Its settings come
     from a YAML file, as a user would keep a URL out of the shell history (RecBole logs ``sys.argv``).
     The openai-compatible kind is not told ``dim``: it probes the server (a logged request of its own)."""
-    from recbole_llmesr.prepare_cli import main as prepare_main
+    from recbole_llmesr.cli.prepare import main as prepare_main
 
     raw = write_tiny_dataset(tmp_path / "raw", "tiny", n_users=30, n_items=25, seed=3) / "tiny.inter"
     code = prepare_main(["--dataset", "tiny", "--inter", str(raw), "--out", str(tmp_path / "prepared"),
@@ -75,7 +151,8 @@ def prepare_then_train(tmp_path: Path, kind: str, model: str, base_url: str, dim
            "embedder_dim": dim if kind == "openai" else None,
            "embedding_cache_dir": str(tmp_path / "cache-train"), "sim_top_k": 10}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "recbole_llmesr.cli", "--model=LLMESR_SASRec", "--dataset=tiny",
+    proc = subprocess.run([sys.executable, "-m", "recbole_llmesr.cli.run_recbole", "--model=LLMESR_SASRec",
+                           "--dataset=tiny",
                            f"--config_files={tmp_path / 'train.yaml'}"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,14 +205,3 @@ def test_credentials_in_base_url_never_written(tmp_path, monkeypatch, capsys, ca
     # The config dump in the training log still says which server was used, minus the credentials.
     (log,) = [p for p in files if p.suffix == ".log"]
     assert f"http://***@127.0.0.1:{port}/v1" in log.read_text()
-
-
-def test_credentials_in_base_url_with_api_key_are_refused(monkeypatch):
-    # The HTTP client would send user:password as Basic auth *instead of* the key: refuse, without echoing.
-    from recbole_llmesr.embedders import EmbeddingConfigError, build_embedder
-
-    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    url = f"http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:9/v1"
-    with pytest.raises(EmbeddingConfigError, match="user:password") as err:
-        build_embedder("openai", base_url=url, dim=16)
-    assert URL_PASSWORD not in str(err.value) and FAKE_KEY not in str(err.value)

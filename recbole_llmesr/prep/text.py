@@ -6,8 +6,8 @@ templates follow the official LLM-ESR notebooks (``data/<domain>/get_item_embedd
 * a missing, empty or whitespace-only field (also ``None``/NaN and the ``[UNK]`` placeholder of the
   written ``.item`` file) becomes ``"unknown"``;
 * list values are joined with ``"; "``;
-* the text is cut to ``max_chars`` characters (2048 as in the paper). The cut is on a character (Unicode
-  code point) boundary: a multi-byte character is never split, but a word may be.
+* the text is cut to ``max_chars`` characters (:data:`ITEM_TEXT_MAX_CHARS`, as in the paper). The cut is on
+  a character (Unicode code point) boundary: a multi-byte character is never split, but a word may be.
 
 Field names are taken literally as column names (``{class}`` is the column ``class``; no attribute or
 index lookup); ``{{`` and ``}}`` are literal braces; format specs (``{price:>8}``) are applied to the
@@ -19,19 +19,27 @@ items (the leave-one-out validation and test items), joined with ``", "``, keepi
 characters (the most recent history), between ``prefix`` and ``suffix``. Items without a name are left
 out, as in the official notebook. A user whose training part is empty (or has no named items) gets
 ``prefix + "nothing yet" + suffix``.
+
+Dataset texts (:func:`dataset_texts`): the template a dataset gets (:func:`choose_template`), its item
+texts, and its user texts named by the first column of :data:`NAME_FIELDS` the items have.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import string
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from recbole_llmesr.readers import ITEM, MISSING_TEXT, USER
+from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.prep.readers.normal import ITEM, MISSING_TEXT, USER, RawDataset
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TEMPLATES",
@@ -46,6 +54,15 @@ __all__ = [
     "item_names",
     "user_texts",
     "template_hash",
+    "choose_template",
+    "dataset_texts",
+    "DatasetTexts",
+    "TemplateError",
+    "AUTO_TEMPLATE",
+    "ITEM_TEXT_MAX_CHARS",
+    "USER_TEXT_MAX_CHARS",
+    "DEFAULT_HOLDOUT",
+    "NAME_FIELDS",
 ]
 
 UNKNOWN = "unknown"
@@ -53,6 +70,20 @@ EMPTY_HISTORY = "nothing yet"
 ALL_FIELDS = "__all__"
 USER_PREFIX = "The user has interacted with following items: "
 USER_SUFFIX = " Please conclude the user's preference."
+#: Template "name" that picks one from the data's columns (:func:`choose_template`).
+AUTO_TEMPLATE = "auto"
+#: Item texts are cut to this many characters (the paper's budget).
+ITEM_TEXT_MAX_CHARS = 2048
+#: User texts keep their last this many characters (the paper's budget; OpenAI models read 8191 tokens).
+USER_TEXT_MAX_CHARS = 8000
+#: Last items of each user left out of the user text: the leave-one-out validation and test items.
+DEFAULT_HOLDOUT = 2
+#: Item-name columns for user texts, in order of preference.
+NAME_FIELDS = ("title", "movie_title", "name")
+
+
+class TemplateError(LLMESRError, ValueError):
+    """An item text template is unknown, malformed, or names a column the items lack."""
 
 _AMAZON_TAIL = ("The item has following features: {categories}. "
                 "The item has following descriptions: {description}.")
@@ -86,13 +117,13 @@ def _parse(template: str) -> _Parsed:
     try:
         parsed = list(_FORMATTER.parse(template))
     except ValueError as e:
-        raise ValueError(f"invalid item text template {template!r}: {e}") from None
+        raise TemplateError(f"invalid item text template {template!r}: {e}") from None
     for _, field, spec, _ in parsed:
         if field is not None and field == "":
-            raise ValueError(f"invalid item text template {template!r}: empty field '{{}}' "
+            raise TemplateError(f"invalid item text template {template!r}: empty field '{{}}' "
                              f"(name the column, e.g. '{{title}}')")
         if spec and "{" in spec:
-            raise ValueError(f"invalid item text template {template!r}: nested fields are not supported")
+            raise TemplateError(f"invalid item text template {template!r}: nested fields are not supported")
     return parsed
 
 
@@ -100,13 +131,13 @@ def get_template(name_or_text: str) -> str:
     """A template by name (a key of :data:`TEMPLATES`), or a literal template string (anything with a
     ``{field}``), so a YAML config can name one or spell one out."""
     if not isinstance(name_or_text, str) or not name_or_text.strip():
-        raise ValueError(f"item text template must be a template name or a template string, "
+        raise TemplateError(f"item text template must be a template name or a template string, "
                          f"got {name_or_text!r}")
     if name_or_text in TEMPLATES:
         return TEMPLATES[name_or_text]
     parsed = _parse(name_or_text)
     if not any(field is not None for _, field, _, _ in parsed):
-        raise ValueError(f"unknown item text template {name_or_text!r}: not one of {sorted(TEMPLATES)} "
+        raise TemplateError(f"unknown item text template {name_or_text!r}: not one of {sorted(TEMPLATES)} "
                          f"and not a template string (it has no {{field}})")
     return name_or_text
 
@@ -153,7 +184,7 @@ def _check_max_chars(max_chars: Optional[int], what: str) -> None:
         raise ValueError(f"{what}: max_chars must be a positive integer or None, got {max_chars!r}")
 
 
-def item_texts(items: pd.DataFrame, template: str, max_chars: Optional[int] = 2048, *,
+def item_texts(items: pd.DataFrame, template: str, max_chars: Optional[int] = ITEM_TEXT_MAX_CHARS, *,
                missing_fields: str = "error") -> Dict[str, str]:
     """``item_id -> text`` for every row of ``items`` (in table order).
 
@@ -209,8 +240,8 @@ def item_names(items: pd.DataFrame, field: str = "title") -> Dict[str, str]:
     return {str(i): _field_text(v) for i, v in zip(items[ITEM].tolist(), items[field].tolist())}
 
 
-def user_texts(inter: pd.DataFrame, item_text_field: Mapping[str, str], holdout: int = 2,
-               max_chars: Optional[int] = 8000, prefix: str = USER_PREFIX,
+def user_texts(inter: pd.DataFrame, item_text_field: Mapping[str, str], holdout: int = DEFAULT_HOLDOUT,
+               max_chars: Optional[int] = USER_TEXT_MAX_CHARS, prefix: str = USER_PREFIX,
                suffix: str = USER_SUFFIX) -> Dict[str, str]:
     """``user_id -> text`` from each user's training history (see the module docstring).
 
@@ -241,9 +272,95 @@ def user_texts(inter: pd.DataFrame, item_text_field: Mapping[str, str], holdout:
     return out
 
 
-def template_hash(template: str, max_chars: Optional[int] = 2048) -> str:
+def template_hash(template: str, max_chars: Optional[int] = ITEM_TEXT_MAX_CHARS) -> str:
     """A short sha256 hex digest of (template text, max_chars), for cache staleness checks. A template
     name is resolved first, so a name and its text hash alike."""
     text = get_template(template)
     payload = json.dumps([text, None if max_chars is None else int(max_chars)], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def choose_template(columns: List[str], name: str, source: str,
+                    template: str = AUTO_TEMPLATE) -> Tuple[str, str, str]:
+    """``(template text, label, missing_fields policy)``.
+
+    ``"auto"``: ``movie`` when there is a ``movie_title`` column (ml-100k-like); ``beauty`` for the Beauty
+    benchmark (source ``beauty``, or Amazon columns title+brand+categories and "beauty" in the name);
+    ``fashion`` likewise for fashion/clothing data with a ``features`` column; ``yelp`` for Yelp (source or
+    name+categories+city columns); ``amazon`` for other data with title+brand+categories; else
+    ``generic`` (all columns). Fields an auto-picked template names but the data lacks render as
+    "unknown". A template name or a literal template string is used as given (a missing field is an
+    error).
+    """
+    if template != AUTO_TEMPLATE:
+        text = get_template(template)
+        return text, (template if template in TEMPLATES else "custom"), "error"
+    cols = set(columns)
+    lname = name.lower()
+    amazon_cols = {"title", "brand", "categories"} <= cols
+    if "movie_title" in cols:
+        label = "movie"
+    elif source == "beauty" or (amazon_cols and "beauty" in lname):
+        label = "beauty"
+    elif amazon_cols and "features" in cols and ("fashion" in lname or "clothing" in lname):
+        label = "fashion"
+    elif source == "yelp" or {"name", "categories", "city"} <= cols:
+        label = "yelp"
+    elif source.startswith("amazon") or amazon_cols:
+        label = "amazon"
+    else:
+        label = "generic"
+    return TEMPLATES[label], label, "unknown"
+
+
+def _name_field(columns: List[str]) -> Optional[str]:
+    for c in NAME_FIELDS:
+        if c in columns:
+            return c
+    return columns[0] if columns else None
+
+
+@dataclass(frozen=True)
+class DatasetTexts:
+    """The texts a dataset's embeddings are made of, and how they were made."""
+
+    template: str
+    template_label: str
+    item_texts: Dict[str, str]
+    user_texts: Dict[str, str]
+    name_field: Optional[str]
+
+    def all_texts(self) -> List[str]:
+        """Item texts, then user texts: everything there is to embed."""
+        return list(self.item_texts.values()) + list(self.user_texts.values())
+
+
+def dataset_texts(ds: RawDataset, source: str, template: str, max_chars: int, user_max_chars: int,
+                  holdout: int) -> DatasetTexts:
+    """Item and user texts of ``ds`` (read from ``source``) with ``template`` (see :func:`choose_template`)."""
+    columns = ds.text_columns
+    if not columns:
+        logger.warning("dataset %r has no item text columns: every item gets the same text, so the "
+                       "semantic view carries no information", ds.name)
+    else:
+        # Policy: an item with no text (no row in the item file, or only empty / whitespace fields) is
+        # embedded like any other, its fields rendered as "unknown" (the paper's missing-field handling).
+        # Such items get one and the same text, so say which they are.
+        blank = ds.items[columns].apply(lambda col: col.astype(str).str.strip() == "").all(axis=1)
+        if blank.any():
+            ids = ds.items.loc[blank, ITEM].tolist()
+            logger.warning("dataset %r: %d of %d items have no text (no row in the item file, or only empty "
+                           "fields), e.g. %s; they are embedded with every field as %r", ds.name, len(ids),
+                           len(ds.items), ", ".join(ids[:10]), UNKNOWN)
+    text, label, missing = choose_template(columns, ds.name, source, template)
+    try:
+        items = item_texts(ds.items, text, max_chars, missing_fields=missing)
+    except KeyError as err:
+        raise TemplateError(str(err.args[0]) if err.args else str(err)) from None
+    field = _name_field(columns)
+    if field is not None:
+        names = item_names(ds.items, field)
+    else:
+        names = {str(i): str(i) for i in ds.items[ITEM].tolist()}
+    users = user_texts(ds.inter, names, holdout=holdout, max_chars=user_max_chars)
+    return DatasetTexts(template=text, template_label=label, item_texts=items, user_texts=users, name_field=field)

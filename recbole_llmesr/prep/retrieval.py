@@ -21,8 +21,13 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["similar_users", "recall_at_k", "available_cpus", "DEFAULT_EF_SEARCH"]
+__all__ = ["similar_users", "recall_at_k", "available_cpus", "DEFAULT_EF_SEARCH", "DEFAULT_TOP_K",
+           "DEFAULT_EXACT_MAX"]
 
+#: Similar users kept per user (the paper keeps the top 100; the teacher reads the first ``sim_user_num``).
+DEFAULT_TOP_K = 100
+#: Exact search up to this many users, HNSW above.
+DEFAULT_EXACT_MAX = 200_000
 #: efSearch floor of the HNSW index; the actual value is ``max(DEFAULT_EF_SEARCH, 2 * (k + 1))``.
 DEFAULT_EF_SEARCH = 128
 #: efConstruction of the HNSW index (graph quality at build time).
@@ -89,8 +94,8 @@ def _drop_self(ids: np.ndarray, first_row: int, k: int) -> np.ndarray:
     return out
 
 
-def similar_users(embeddings: np.ndarray, k: int = 100, exact_max: int = 200_000, show_progress: bool = True,
-                  hnsw_m: int = 32, ef_search: Optional[int] = None, *,
+def similar_users(embeddings: np.ndarray, k: int = DEFAULT_TOP_K, exact_max: int = DEFAULT_EXACT_MAX,
+                  show_progress: bool = True, hnsw_m: int = 32, ef_search: Optional[int] = None, *,
                   ef_construction: int = DEFAULT_EF_CONSTRUCTION, batch_size: int = DEFAULT_BATCH_SIZE,
                   threads: Optional[int] = None) -> np.ndarray:
     """Top-``k`` most similar *other* rows of ``embeddings`` by cosine similarity.

@@ -3,24 +3,14 @@ import argparse
 import sys
 from typing import List, Optional
 
-from recbole_llmesr.registry import UnknownModelError
+from recbole_llmesr.cli.common import run_tool
 
-
-def user_errors() -> tuple:
-    """Errors caused by input or configuration: shown as one line, not a traceback."""
-    from recbole_llmesr.artifacts import ArtifactError
-    from recbole_llmesr.embedders import EmbeddingError
-    from recbole_llmesr.model.dual_view import ModelConfigError
-    from recbole_llmesr.readers import DataFormatError, EmptyDatasetError
-    from recbole_llmesr.trainer import UnsafeCheckpointError
-
-    return (UnknownModelError, ArtifactError, EmbeddingError, ModelConfigError, DataFormatError, EmptyDatasetError,
-            UnsafeCheckpointError, FileNotFoundError)
+PROG = "run_recbole"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_recbole",
+        prog=PROG,
         description="Train and test a RecBole or recbole-llmesr model. Any other --key=value is a RecBole "
         "config override (e.g. --epochs=5 --train_batch_size=256).",
     )
@@ -45,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from recbole_llmesr.quick_start import run
     from recbole_llmesr.registry import get_model
 
-    try:
+    def body() -> int:
         get_model(args.model)  # fail fast, before any data is loaded
         run(
             args.model,
@@ -57,10 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             port=args.port,
             group_offset=args.group_offset,
         )
-    except user_errors() as err:
-        print(f"run_recbole: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_tool(PROG, body)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ Everything is keyed by the *original* token, never by RecBole's internal id, whi
 import json
 import zipfile
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+import os
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.fileio import atomic_write
 
 ITEM_EMB = "item_emb.npz"
@@ -24,16 +26,20 @@ USER_EMB = "user_emb.npz"
 SIM_USERS = "sim_users.npz"
 MANIFEST = "llmesr.json"
 
+PathLike = Union[str, "os.PathLike[str]"]
 
-class ArtifactError(ValueError):
+
+class ArtifactError(LLMESRError, ValueError):
     """An LLM artefact is missing, malformed or disagrees with the dataset."""
 
 
-def artifact_path(data_dir, dataset: str, kind: str) -> Path:
+def artifact_path(data_dir: PathLike, dataset: str, kind: str) -> Path:
+    """Where artefact ``kind`` (:data:`ITEM_EMB`, ..., :data:`MANIFEST`) of ``dataset`` lives in ``data_dir``."""
     return Path(data_dir) / f"{dataset}.{kind}"
 
 
-def save_embeddings(path, tokens: Sequence[str], embeddings: np.ndarray) -> None:
+def save_embeddings(path: PathLike, tokens: Sequence[str], embeddings: np.ndarray) -> None:
+    """Write ``tokens`` and their float32 ``embeddings`` (one row each) atomically."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     tokens = np.asarray([str(t) for t in tokens], dtype=np.str_)
     if embeddings.ndim != 2 or len(tokens) != len(embeddings):
@@ -41,17 +47,22 @@ def save_embeddings(path, tokens: Sequence[str], embeddings: np.ndarray) -> None
     atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, embeddings=embeddings))
 
 
-def load_embeddings(path, expected_dim: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Read and validate an embedding file: 2-D, finite, one row per unique token."""
-    path = Path(path)
+def _load_pair(path: Path, values: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(tokens, <values>)`` of an artefact file; a missing or unreadable file is an :class:`ArtifactError`."""
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist; run `llmesr-prepare` for this dataset first")
     try:
         with np.load(path, allow_pickle=False) as data:
-            tokens, emb = data["tokens"], data["embeddings"]
+            return data["tokens"], data[values]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # truncated files: BadZipFile
-        raise ArtifactError(f"{path} is not a valid embedding file (tokens + embeddings): {err}; rebuild it with "
+        raise ArtifactError(f"{path} is not a valid {what} file (tokens + {values}): {err}; rebuild it with "
                             f"`llmesr-prepare --force`") from err
+
+
+def load_embeddings(path: PathLike, expected_dim: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate an embedding file: 2-D, finite, one row per unique token."""
+    path = Path(path)
+    tokens, emb = _load_pair(path, "embeddings", "embedding")
     if emb.ndim != 2 or len(tokens) != len(emb):
         raise ArtifactError(f"{path}: {len(tokens)} tokens but embeddings of shape {emb.shape}")
     if expected_dim is not None and emb.shape[1] != expected_dim:
@@ -65,22 +76,17 @@ def load_embeddings(path, expected_dim: Optional[int] = None) -> Tuple[np.ndarra
     return tokens, emb.astype(np.float32, copy=False)
 
 
-def save_neighbors(path, tokens: Sequence[str], neighbors: np.ndarray) -> None:
+def save_neighbors(path: PathLike, tokens: Sequence[str], neighbors: np.ndarray) -> None:
+    """Write ``tokens`` and their int64 neighbour rows atomically."""
     neighbors = np.asarray(neighbors, dtype=np.int64)
     tokens = np.asarray([str(t) for t in tokens], dtype=np.str_)
     atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, neighbors=neighbors))
 
 
-def load_neighbors(path) -> Tuple[np.ndarray, np.ndarray]:
+def load_neighbors(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate a similar-user file: one row of row indices (or -1) per token."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path} does not exist; run `llmesr-prepare` for this dataset first")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            tokens, neighbors = data["tokens"], data["neighbors"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise ArtifactError(f"{path} is not a valid similar-user file (tokens + neighbors): {err}; rebuild it with "
-                            f"`llmesr-prepare --force`") from err
+    tokens, neighbors = _load_pair(path, "neighbors", "similar-user")
     if neighbors.ndim != 2 or len(neighbors) != len(tokens):
         raise ArtifactError(f"{path}: {len(tokens)} users but a neighbour table of shape {neighbors.shape}")
     if neighbors.size and (neighbors.min() < -1 or neighbors.max() >= len(tokens)):
@@ -91,7 +97,8 @@ def load_neighbors(path) -> Tuple[np.ndarray, np.ndarray]:
     return tokens, neighbors
 
 
-def read_manifest(data_dir, dataset: str) -> Optional[dict]:
+def read_manifest(data_dir: PathLike, dataset: str) -> Optional[dict]:
+    """The dataset's manifest, None when there is none."""
     path = artifact_path(data_dir, dataset, MANIFEST)
     if not path.is_file():
         return None
@@ -101,12 +108,14 @@ def read_manifest(data_dir, dataset: str) -> Optional[dict]:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from err
 
 
-def write_manifest(data_dir, dataset: str, manifest: dict) -> None:
+def write_manifest(data_dir: PathLike, dataset: str, manifest: dict) -> None:
+    """Write the dataset's manifest atomically."""
     text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     atomic_write(artifact_path(data_dir, dataset, MANIFEST), lambda f: f.write(text))
 
 
-def align_rows(tokens: np.ndarray, vectors: np.ndarray, id2token: Sequence[str], what: str, source) -> np.ndarray:
+def align_rows(tokens: np.ndarray, vectors: np.ndarray, id2token: Sequence[str], what: str,
+               source: object) -> np.ndarray:
     """Rows of ``vectors`` ordered by RecBole internal id; row 0 ([PAD]) is zero.
 
     ``id2token`` is RecBole's ``field2id_token[field]``. Every real id must have a vector.

@@ -1,4 +1,4 @@
-"""``llmesr-prepare``: build a dataset's atomic files and LLM artefacts (see :mod:`recbole_llmesr.preprocess`).
+"""``llmesr-prepare``: build a dataset's atomic files and LLM artefacts (see :mod:`recbole_llmesr.prep.pipeline`).
 
 Examples::
 
@@ -19,14 +19,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from recbole_llmesr.cli.common import run_tool
+from recbole_llmesr.prep.inputs import DEFAULT_FILTERS, SOURCES
+from recbole_llmesr.prep.pipeline import DEFAULT_OUT_ROOT, prepare
+from recbole_llmesr.prep.readers import DEFAULT_CORE, FILTER_MODES
+from recbole_llmesr.prep.settings import USER_TEXT_CHARS, PrepareSettings
+
 __all__ = ["main", "build_parser"]
 
 PROG = "llmesr-prepare"
+_DEFAULTS = PrepareSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from recbole_llmesr.preprocess import SOURCES
-
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Convert raw interaction data into RecBole atomic files and build the LLM-ESR artefacts "
@@ -36,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("input")
     g.add_argument("--dataset", "-d", required=True, help="dataset name (output folder and file stem)")
-    g.add_argument("--source", choices=SOURCES, default="atomic", help="format of the input")
+    g.add_argument("--source", choices=SOURCES, default=_DEFAULTS.source, help="format of the input")
     g.add_argument("--inter", help="atomic/beauty: a .inter[.gz] file or its folder; csv: the interaction file "
                                    "(atomic without --inter and --dataset ml-100k: RecBole's bundled copy)")
     g.add_argument("--item", help="csv: optional item file (header row; first matching id column)")
@@ -46,39 +51,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--columns", help="csv: 'user_id=<col>,item_id=<col>,timestamp=<col>[,rating=<col>]' "
                                      "(default: columns named user_id, item_id, timestamp)")
     g.add_argument("--sep", default=",", help="csv: field separator ('\\t' or 'tab' for tab)")
-    g.add_argument("--out", default="dataset_atomic", help="output root; files go to <out>/<dataset>/")
+    g.add_argument("--out", default=DEFAULT_OUT_ROOT, help="output root; files go to <out>/<dataset>/")
 
-    f = p.add_argument_group("filtering (default: 5-core for amazon*/yelp, none for atomic/beauty/csv)")
-    f.add_argument("--filter", choices=("kcore", "single_pass", "none"), default=None,
+    f = p.add_argument_group(f"filtering (default: {DEFAULT_CORE}-core for amazon*/yelp, none for atomic/beauty/csv)")
+    f.add_argument("--filter", choices=FILTER_MODES, default=None,
                    help="kcore: iterative k-core; single_pass: the LLM-ESR paper's one-pass filter")
-    f.add_argument("--user-k", type=int, default=None, help="minimum interactions per user (default 5)")
-    f.add_argument("--item-k", type=int, default=None, help="minimum interactions per item (default 5)")
+    f.add_argument("--user-k", type=int, default=None, help=f"minimum interactions per user (default {DEFAULT_CORE})")
+    f.add_argument("--item-k", type=int, default=None, help=f"minimum interactions per item (default {DEFAULT_CORE})")
     f.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
 
     e = p.add_argument_group("embeddings")
-    e.add_argument("--embedder", default="sentence-transformers",
+    e.add_argument("--embedder", default=_DEFAULTS.embedder,
                    help="sentence-transformers (offline, bundled all-MiniLM-L6-v2), openai or openai-compatible "
                         "(key from OPENAI_API_KEY)")
-    e.add_argument("--model", default=None, help="embedding model (local directory for sentence-transformers)")
-    e.add_argument("--base-url", default=None, help="API base URL (openai-compatible servers, proxies)")
-    e.add_argument("--dim", type=int, default=None, help="embedding dimension (v3 OpenAI models can shrink)")
-    e.add_argument("--template", default="auto",
+    e.add_argument("--model", default=_DEFAULTS.embedder_model,
+                   help="embedding model (local directory for sentence-transformers)")
+    e.add_argument("--base-url", default=_DEFAULTS.base_url, help="API base URL (openai-compatible servers, proxies)")
+    e.add_argument("--dim", type=int, default=_DEFAULTS.dim, help="embedding dimension (v3 OpenAI models can shrink)")
+    e.add_argument("--template", default=_DEFAULTS.template,
                    help="item text template: auto, a name (beauty, fashion, amazon, movie, yelp, generic) or "
                         "a literal string with {column} fields")
-    e.add_argument("--max-chars", type=int, default=2048, help="item texts are cut to this many characters")
-    e.add_argument("--user-max-chars", type=int, default=None,
-                   help="user texts keep this many last characters (default: 1000 for the offline model, "
-                   "whose window is 256 word pieces; 8000 for OpenAI models)")
-    e.add_argument("--holdout", type=int, default=2,
+    e.add_argument("--max-chars", type=int, default=_DEFAULTS.max_chars,
+                   help="item texts are cut to this many characters")
+    e.add_argument("--user-max-chars", type=int, default=_DEFAULTS.user_max_chars,
+                   help="user texts keep this many last characters (default: "
+                   f"{USER_TEXT_CHARS['sentence-transformers']} for the offline model, whose window is 256 word "
+                   f"pieces; {USER_TEXT_CHARS['openai']} for OpenAI models)")
+    e.add_argument("--holdout", type=int, default=_DEFAULTS.holdout,
                    help="last items of each user left out of the user text (validation + test)")
-    e.add_argument("--top-k", type=int, default=100, help="similar users stored per user")
-    e.add_argument("--exact-max", type=int, default=200_000,
+    e.add_argument("--top-k", type=int, default=_DEFAULTS.top_k, help="similar users stored per user")
+    e.add_argument("--exact-max", type=int, default=_DEFAULTS.exact_max,
                    help="exact similar-user search up to this many users, HNSW above")
-    e.add_argument("--cache-dir", default=None,
+    e.add_argument("--cache-dir", default=_DEFAULTS.cache_dir,
                    help="embedding cache (default $RECBOLE_LLMESR_CACHE or ~/.cache/recbole_llmesr)")
 
     r = p.add_argument_group("run")
-    r.add_argument("--dry-run", action="store_true", help="only count texts/tokens and estimate the cost; write nothing")
+    r.add_argument("--dry-run", action="store_true",
+                   help="only count texts/tokens and estimate the cost; write nothing")
     r.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
     return p
@@ -124,21 +133,12 @@ def _inputs(args: argparse.Namespace) -> Dict[str, object]:
 
 
 def _filters(args: argparse.Namespace) -> Optional[Dict[str, object]]:
-    from recbole_llmesr.preprocess import DEFAULT_FILTERS
-
     if args.filter is None and args.user_k is None and args.item_k is None and args.min_rating is None:
         return None
     default = DEFAULT_FILTERS[args.source] or {"mode": "none"}
-    return {"mode": args.filter or default["mode"], "user_k": args.user_k if args.user_k is not None else 5,
-            "item_k": args.item_k if args.item_k is not None else 5, "min_rating": args.min_rating}
-
-
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, KeyError) and err.args:
-        msg = str(err.args[0])
-    else:
-        msg = str(err) or type(err).__name__
-    return " ".join(msg.split())
+    return {"mode": args.filter or default["mode"],
+            "user_k": args.user_k if args.user_k is not None else DEFAULT_CORE,
+            "item_k": args.item_k if args.item_k is not None else DEFAULT_CORE, "min_rating": args.min_rating}
 
 
 def _summary(manifest: dict, out_dir: Path, seconds: float, started: datetime) -> str:
@@ -150,9 +150,9 @@ def _summary(manifest: dict, out_dir: Path, seconds: float, started: datetime) -
     state = "built" if built else "up to date, nothing rebuilt"
     files = ", ".join(sorted(manifest.get("files", {})) + [f"{manifest['dataset']}.llmesr.json"])
     emb = manifest["embedder"]
-    return (f"{PROG}: {manifest['dataset']}: {c['users']} users, {c['items']} items, {c['interactions']} interactions; "
-            f"{manifest['dim']}-d {emb.get('kind')} {emb.get('model')} embeddings; top-{manifest['top_k']} similar users; "
-            f"{state} in {seconds:.1f} s\n"
+    return (f"{PROG}: {manifest['dataset']}: {c['users']} users, {c['items']} items, {c['interactions']} "
+            f"interactions; {manifest['dim']}-d {emb.get('kind')} {emb.get('model')} embeddings; "
+            f"top-{manifest['top_k']} similar users; {state} in {seconds:.1f} s\n"
             f"{PROG}: files in {out_dir}: {files}")
 
 
@@ -172,33 +172,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
-    from recbole_llmesr import artifacts, readers
-    from recbole_llmesr.embedders import EmbeddingError
-    from recbole_llmesr.preprocess import prepare
-
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    try:
-        result = prepare(
-            args.dataset, source=args.source, inputs=_inputs(args), out_root=args.out, embedder=args.embedder,
-            embedder_model=args.model, base_url=args.base_url, dim=args.dim, template=args.template,
-            max_chars=args.max_chars, user_max_chars=args.user_max_chars, holdout=args.holdout,
-            filters=_filters(args), top_k=args.top_k, exact_max=args.exact_max, cache_dir=args.cache_dir,
-            dry_run=args.dry_run, force=args.force, show_progress=not args.quiet,
+
+    def body() -> int:
+        settings = PrepareSettings(
+            source=args.source, inputs=_inputs(args), embedder=args.embedder, embedder_model=args.model,
+            base_url=args.base_url, dim=args.dim, template=args.template, max_chars=args.max_chars,
+            user_max_chars=args.user_max_chars, holdout=args.holdout, filters=_filters(args), top_k=args.top_k,
+            exact_max=args.exact_max, cache_dir=args.cache_dir, dry_run=args.dry_run, force=args.force,
+            show_progress=not args.quiet,
         )
-    except (readers.DataFormatError, readers.EmptyDatasetError, EmbeddingError, artifacts.ArtifactError,
-            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError) as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (embeddings finished so far are cached; rerun to resume)", file=sys.stderr)
-        return 130
-    seconds = time.monotonic() - t0
-    if args.dry_run:
-        print(_dry_summary(result, seconds))
-    else:
-        print(_summary(result, Path(os.path.expanduser(args.out)) / args.dataset, seconds, started))
-    return 0
+        result = prepare(args.dataset, settings, out_root=args.out)
+        seconds = time.monotonic() - t0
+        if args.dry_run:
+            print(_dry_summary(result, seconds))
+        else:
+            print(_summary(result, Path(os.path.expanduser(args.out)) / args.dataset, seconds, started))
+        return 0
+
+    # Plain ValueError and KeyError too: the readers' and pandas' messages about a malformed input name it.
+    return run_tool(PROG, body, also=(ValueError, KeyError),
+                    interrupted="interrupted (embeddings finished so far are cached; rerun to resume)")
 
 
 if __name__ == "__main__":
