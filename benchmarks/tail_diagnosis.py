@@ -3,9 +3,10 @@ item popularity, from trained checkpoints.
 
     python -m benchmarks.tail_diagnosis --checkpoint saved/LLMESR_SASRec-*.pth [saved/SASRec-*.pth ...] --data_path dataset_atomic
 
-For every test user (input: the history without its last item; target: the last item; the history's items
-are excluded from the ranking, as in RecBole's full-sort evaluation) and every popularity bucket of the
-target (its count in the training split, i.e. without each user's last two items):
+For every test user (input: the history without its last item; target: the last item; every item is ranked,
+as in RecBole's full-sort evaluation of sequential models, unless the model itself excludes the input's items
+(``exclude_history``) or ``--exclude_history`` is given) and every popularity bucket of the target (its count
+in the training split, i.e. without each user's last two items):
 
 - ``share``: the bucket's share of test targets;
 - ``ndcg``: full-ranking NDCG@10 of the fused score and, for LLM-ESR models, of each view's half of it
@@ -44,7 +45,8 @@ def _ndcg_at10(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(rank < 10, 1.0 / torch.log2(rank.float() + 2), torch.zeros_like(rank, dtype=torch.float))
 
 
-def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int = 1024) -> Dict[str, object]:
+def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int = 1024,
+             exclude_history: bool = False) -> Dict[str, object]:
     from recbole_llmesr.model.dual_view import DualViewRecommender
     from recbole_llmesr.recommend import load_recommender
 
@@ -58,6 +60,7 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
     n_buckets = len(EDGES)
     names = bucket_names()
     dual = isinstance(model, DualViewRecommender)
+    exclude_history = exclude_history or bool(getattr(model, "exclude_history", False))
     views = list(model.views) if dual else []
     scorers = ["fused"] + (views if len(views) > 1 else [])
     ndcg = {s: np.zeros(n_buckets) for s in scorers}
@@ -80,7 +83,8 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
             for name, scores in [("fused", fused), *per_view.items()]:
                 scores = scores.clone()
                 scores[:, 0] = -math.inf
-                scores[rows, cols] = -math.inf
+                if exclude_history:
+                    scores[rows, cols] = -math.inf
                 if name == "fused":
                     probs = torch.softmax(scores, dim=1)
                     mass += torch.zeros(n_buckets, dtype=torch.float64).index_add_(0, bucket_t, probs.sum(0).double()).numpy()
@@ -98,6 +102,7 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
     n_users = len(users)
     result = {
         "checkpoint": checkpoint,
+        "exclude_history": exclude_history,
         "model": rec.config["model"],
         "buckets": names,
         "items": np.bincount(bucket_of_item[1:], minlength=n_buckets).tolist(),
@@ -113,14 +118,8 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
 
 def _view_scores(rec, model, tables, batch, inputs) -> Dict[str, torch.Tensor]:
     """Each view's half of the fused score, ``<h_view, e_view>``."""
-    max_len = rec.config["MAX_ITEM_LIST_LENGTH"]
-    seq = torch.zeros(len(batch), max_len, dtype=torch.long)
-    lengths = torch.zeros(len(batch), dtype=torch.long)
-    for row, items in enumerate(inputs):
-        items = items[-max_len:]
-        seq[row, : len(items)] = torch.from_numpy(np.asarray(items, dtype=np.int64))
-        lengths[row] = len(items)
-    user = model.forward(seq, lengths, tables)
+    interaction = rec.batch(batch, inputs)
+    user = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], tables)
     width = model.hidden_size
     return {
         view: user[:, i * width : (i + 1) * width] @ table[: rec.n_items].T
@@ -133,6 +132,7 @@ def markdown(result: Dict[str, object]) -> str:
     header = ["bucket (training count)", "items", "share of targets", *[f"NDCG@10 {s}" for s in scorers],
               "softmax mass", "top-10 share", *[f"norm {v}" for v in result["norm"]]]
     lines = [f"### {result['model']} ({result['checkpoint']})", "",
+             f"input items excluded from the ranking: {result['exclude_history']}", "",
              "overall NDCG@10: " + ", ".join(f"{s} {v:.4f}" for s, v in result["ndcg_overall"].items()), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for b, name in enumerate(result["buckets"]):
@@ -149,13 +149,15 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     p.add_argument("--checkpoint", nargs="+", required=True)
     p.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: the training one)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--exclude_history", action="store_true",
+                   help="rank only items outside the input (always so for models with exclude_history on)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
     for path in args.checkpoint:
-        result = diagnose(path, args.data_path)
+        result = diagnose(path, args.data_path, exclude_history=args.exclude_history)
         print(markdown(result))
         results.append(result)
     if args.json:

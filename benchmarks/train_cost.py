@@ -90,9 +90,10 @@ class Runner:
         # extrapolate it as if every batch paid it.
         refresh = 0.0
         model = self.model
-        if getattr(model, "use_distillation", False) and model.teacher_mode == "memory_bank" and not model.bank_fresh:
+        teacher = getattr(model, "teacher", None)
+        if teacher is not None and teacher.mode == "memory_bank" and not teacher.fresh:
             start = time.perf_counter()
-            model.refresh_user_bank()
+            teacher.refresh(model)
             refresh = time.perf_counter() - start
         start = time.perf_counter()
         for i, inter in enumerate(self.train):

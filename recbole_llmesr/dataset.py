@@ -15,6 +15,8 @@ class LLMESRDataset(SequentialDataset):
 
     - ``llm_item_emb``: float32 tensor ``[item_num, d]``, row 0 ([PAD]) zero.
     - ``sim_users``: int64 tensor ``[user_num, k]`` of internal user ids, most similar first, 0 for none.
+    - ``repeat_share`` (training split only, after ``build``): the share of training targets that repeat an
+      item of their own input sequence (0 when users never consume an item twice).
     - ``item_counts`` (training split only, after ``build``): int64 tensor ``[item_num]``, each item's
       training interactions.
 
@@ -68,9 +70,12 @@ class LLMESRDataset(SequentialDataset):
     def build(self):
         datasets = super().build()
         counts = self._training_item_counts(datasets[0])
+        inter = datasets[0].inter_feat
+        repeats = (inter[self.item_id_list_field] == inter[self.iid_field].unsqueeze(1)).any(1)
         if self.config["train_mode"] == "sequence":
             datasets[0] = self._longest_prefix_per_user(datasets[0])
         datasets[0].item_counts = counts
+        datasets[0].repeat_share = float(repeats.float().mean()) if len(repeats) else 0.0
         return datasets
 
     def _training_item_counts(self, train) -> torch.Tensor:

@@ -63,10 +63,11 @@ class Recommender:
             raise RecommendError(f"{len(unknown)} unknown user(s), e.g. {', '.join(unknown[:5])}")
         return np.array([index[u] for u in users], dtype=np.int64)
 
-    @torch.no_grad()
-    def scores(self, uids: np.ndarray, histories: Optional[Sequence[np.ndarray]] = None) -> torch.Tensor:
-        """Scores ``[len(uids), n_items]`` of the model's full-sort prediction from each history's last
-        ``MAX_ITEM_LIST_LENGTH`` items (the users' own histories unless given)."""
+    def batch(self, uids: np.ndarray, histories: Optional[Sequence[np.ndarray]] = None):
+        """The model's input for these users: each history's last ``MAX_ITEM_LIST_LENGTH`` items (the users'
+        own histories unless given), left-aligned, as a RecBole ``Interaction`` on the model's device."""
+        from recbole.data.interaction import Interaction
+
         histories = [self.histories[u] for u in uids] if histories is None else histories
         max_len = self.config["MAX_ITEM_LIST_LENGTH"]
         seq = torch.zeros(len(uids), max_len, dtype=torch.long)
@@ -77,14 +78,18 @@ class Recommender:
             lengths[row] = len(items)
         if (lengths == 0).any():
             raise RecommendError("a user without history cannot be scored by a sequential model")
-        from recbole.data.interaction import Interaction
-
         model = self.model
-        batch = Interaction({
+        return Interaction({
             model.USER_ID: torch.as_tensor(uids, dtype=torch.long),
             model.ITEM_SEQ: seq,
             model.ITEM_SEQ_LEN: lengths,
         }).to(self.config["device"])
+
+    @torch.no_grad()
+    def scores(self, uids: np.ndarray, histories: Optional[Sequence[np.ndarray]] = None) -> torch.Tensor:
+        """Scores ``[len(uids), n_items]`` of the model's full-sort prediction from each history's last
+        ``MAX_ITEM_LIST_LENGTH`` items (the users' own histories unless given)."""
+        model, batch = self.model, self.batch(uids, histories)
         scores = model.full_sort_predict(batch).view(len(uids), -1).float().cpu()
         if scores.size(1) < self.n_items:  # a model that knows fewer items (no cold-start support)
             pad = scores.new_full((len(uids), self.n_items - scores.size(1)), -torch.inf)

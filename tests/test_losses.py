@@ -104,18 +104,18 @@ def test_logq_of_each_sampler(tiny):
     items = torch.arange(1, n + 1)
     targets = torch.tensor([3, 3, 5])
     # in-batch: only the batch's targets, at most one draw per position; q = popularity.
-    pool, share = models["in_batch"]._negative_pool(targets)
+    pool, share = models["in_batch"].objective.pool(targets)
     assert len(pool) == 3 and set(pool.tolist()) <= {3, 5} and share == 1.0
-    assert torch.allclose(models["in_batch"]._sampled_offsets(items, share), -torch.log(popularity))
+    assert torch.allclose(models["in_batch"].objective.offsets(items, share), -torch.log(popularity))
     # uniform: any real item; q is the same for all, so the correction shifts every logit alike.
-    pool, share = models["uniform"]._negative_pool(targets)
+    pool, share = models["uniform"].objective.pool(targets)
     assert len(pool) == 8 and share == 0.0 and (pool >= 1).all() and (pool <= n).all()
-    assert torch.allclose(models["uniform"]._sampled_offsets(items, share), torch.full((n,), float(torch.log(torch.tensor(n)))))
+    assert torch.allclose(models["uniform"].objective.offsets(items, share), torch.full((n,), float(torch.log(torch.tensor(n)))))
     # mixed: half of each (in-batch draws capped by the batch's positions), q the matching mixture.
-    pool, share = models["mixed"]._negative_pool(targets)
+    pool, share = models["mixed"].objective.pool(targets)
     assert len(pool) == 8 and share == 3 / 8
     expected = -torch.log(share * popularity + (1 - share) / n)
-    assert torch.allclose(models["mixed"]._sampled_offsets(items, share), expected)
+    assert torch.allclose(models["mixed"].objective.offsets(items, share), expected)
 
 
 def test_id_anchor_starts_at_the_pca_and_moves_rare_items_with_the_map(tiny):

@@ -132,8 +132,9 @@ def test_training_lowers_distillation_loss(mode, tiny):
     def distill():
         model.eval()
         with torch.no_grad():
-            model.refresh_user_bank() if mode == "memory_bank" else None
-            return sum(float(model.distillation_loss(b["user_id"], model.forward(b["item_id_list"], b["item_length"]))) for b in batches)
+            model.teacher.refresh(model) if mode == "memory_bank" else None
+            return sum(float(model.teacher.loss(b["user_id"], model.forward(b["item_id_list"], b["item_length"]), model))
+                       for b in batches)
 
     start = distill()
     for _ in range(15):
@@ -150,8 +151,8 @@ def test_memory_bank_refresh_every_k_steps(tiny):
     _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "teacher_refresh_steps": 2})
     batch = next(iter(train))
     calls = []
-    original = model.refresh_user_bank
-    model.refresh_user_bank = lambda: (calls.append(1), original())
+    original = model.teacher.refresh
+    model.teacher.refresh = lambda encoder: (calls.append(1), original(encoder))
     for _ in range(5):
         model.calculate_loss(batch)
     assert len(calls) == 3  # steps 0, 2 and 4
@@ -161,8 +162,8 @@ def test_teacher_update_batch_writes_students_and_skips_epoch_refresh(tiny):
     _, model, (train, _, _) = build("LLMESR_SASRec", {**tiny["config"], "teacher_update": "batch"})
     batches = list(train)
     calls = []
-    original = model.refresh_user_bank
-    model.refresh_user_bank = lambda: (calls.append(1), original())
+    original = model.teacher.refresh
+    model.teacher.refresh = lambda encoder: (calls.append(1), original(encoder))
     model.eval()  # no dropout: the student state is reproducible below
     for _ in range(2):
         model.on_epoch_start()
@@ -172,10 +173,10 @@ def test_teacher_update_batch_writes_students_and_skips_epoch_refresh(tiny):
     batch = batches[0]
     with torch.no_grad():
         expected = model.forward(batch["item_id_list"], batch["item_length"])
-    assert torch.allclose(model.user_bank[batch["user_id"]], expected, atol=1e-5)
+    assert torch.allclose(model.teacher.user_bank[batch["user_id"]], expected, atol=1e-5)
 
     _, epoch_model, _ = build("LLMESR_SASRec", {**tiny["config"], "teacher_update": "epoch"})
-    epoch_model.refresh_user_bank = lambda: calls.append(2) or original()
+    epoch_model.teacher.refresh = lambda encoder: calls.append(2) or original(encoder)
     for _ in range(2):
         epoch_model.on_epoch_start()
         epoch_model.calculate_loss(batches[0])
@@ -212,7 +213,7 @@ def test_sequence_targets_are_next_items(tiny):
 def test_negatives_avoid_history(tiny):
     _, model, _ = build("LLMESR_SASRec", tiny["config"])
     history = torch.arange(1, model.n_items - 2).expand(4, -1)  # leaves two items free
-    negatives = model._sample_negatives(history, 50, rounds=200)
+    negatives = model.objective.outside_history(history, 50, rounds=200)
     assert set(negatives.flatten().tolist()) <= {model.n_items - 2, model.n_items - 1}
 
 
@@ -317,7 +318,9 @@ def test_item_counts_are_the_training_split(mode, tiny):
 
 
 def test_logit_adjustment_shifts_the_training_softmax_only(tiny):
-    settings = {**tiny["config"], "train_mode": "prefix", "loss_type": "CE", "use_distillation": False}
+    # Scores without the history mask, so that they are the training logits.
+    settings = {**tiny["config"], "train_mode": "prefix", "loss_type": "CE", "use_distillation": False,
+                "exclude_history": False}
     _, model, (train, _, _) = build("LLMESR_SASRec", {**settings, "logit_adjustment": 0.7})
     _, plain, _ = build("LLMESR_SASRec", settings)
     plain.load_state_dict(model.state_dict())
@@ -333,3 +336,44 @@ def test_logit_adjustment_shifts_the_training_softmax_only(tiny):
         assert not torch.allclose(plain.calculate_loss(batch), expected, atol=1e-3)
     with pytest.raises(ValueError, match="logit_adjustment.*loss_type: BCE"):
         build("LLMESR_SASRec", {**tiny["config"], "loss_type": "BCE", "logit_adjustment": 1.0})
+
+
+def test_exclude_history_masks_the_input_items_when_the_data_never_repeats(tiny):
+    _, model, (train, _, _) = build("LLMESR_SASRec", tiny["config"])  # exclude_history: auto
+    assert train._dataset.repeat_share == 0.0 and model.exclude_history
+    model.eval()
+    batch = _batch(train)
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        seq = batch["item_id_list"]
+        inputs = torch.zeros_like(scores, dtype=torch.bool).scatter(1, seq, True)
+        assert torch.isinf(scores[inputs]).all() and torch.isfinite(scores[~inputs]).all()
+        # predict is one column of full_sort_predict, history items included.
+        candidates = seq[:, 0]
+        batch.interaction["item_id"] = candidates
+        assert torch.isinf(model.predict(batch)).all()
+    _, off, _ = build("LLMESR_SASRec", {**tiny["config"], "exclude_history": False})
+    off.eval()
+    with torch.no_grad():
+        assert torch.isfinite(off.full_sort_predict(batch)[:, 1:]).all()
+    with pytest.raises(ValueError, match="exclude_history"):
+        build("LLMESR_SASRec", {**tiny["config"], "exclude_history": "sometimes"})
+
+
+def test_exclude_history_auto_stays_off_when_users_repeat_items(tmp_path):
+    from conftest import write_artifacts
+
+    folder = tmp_path / "data" / "rep"
+    folder.mkdir(parents=True)
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(20):
+        first = [(u + k) % 9 for k in range(3)]
+        items = first + [first[0]] + [(u + k) % 9 for k in range(3, 6)]  # a training target repeats the first item
+        rows += [f"u{u}\ti{i}\t{t}" for t, i in enumerate(items)]
+    (folder / "rep.inter").write_text("\n".join(rows) + "\n")
+    (folder / "rep.item").write_text("item_id:token\ttitle:token\n" + "\n".join(f"i{i}\titem {i}" for i in range(9)) + "\n")
+    write_artifacts(folder, name="rep")
+    from conftest import FAST
+
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**FAST, "data_path": str(tmp_path / "data")}, dataset="rep")
+    assert train._dataset.repeat_share > 0.01 and not model.exclude_history

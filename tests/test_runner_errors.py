@@ -6,7 +6,7 @@ import pytest
 from conftest import FAST
 from prep_helpers import run_recbole_cli_error
 
-from recbole_llmesr.model.dual_view import ModelConfigError, ModelConfigTypeError
+from recbole_llmesr.model.options import ModelConfigError, ModelConfigTypeError
 from recbole_llmesr.prep.readers import EmptyDatasetError
 from recbole_llmesr.registry import UnknownModelError
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attention_mask(item_seq: torch.Tensor, causal: bool, extra: int = 0) -> torch.Tensor:
+def attention_mask(item_seq: torch.Tensor, causal: bool) -> torch.Tensor:
     """Boolean ``[B, 1, L, L]`` mask, True where query i may attend to key j.
 
     Keys that are padding are hidden, and with ``causal`` so are later positions. The diagonal is always
@@ -71,10 +71,9 @@ class TransformerLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """Learned positions, LayerNorm and dropout on the input, then a stack of transformer layers."""
 
-    def __init__(self, config, max_len: int, causal: bool):
+    def __init__(self, config, max_len: int):
         super().__init__()
         hidden = config["hidden_size"]
-        self.causal = causal
         self.position_embedding = nn.Embedding(max_len, hidden)
         self.input_norm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
         self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
@@ -102,8 +101,6 @@ class TransformerEncoder(nn.Module):
 
 class GRUEncoder(nn.Module):
     """RecBole GRU4Rec's encoder: embedding dropout, a GRU, and a dense layer back to ``hidden_size``."""
-
-    causal = True
 
     def __init__(self, config):
         super().__init__()

@@ -26,7 +26,7 @@ class LLMESR_BERT4Rec(DualViewRecommender):
         return self.n_items  # the row after the items; moves when cold-start items are added
 
     def build_encoder(self, config):
-        return TransformerEncoder(config, self.max_seq_length + 1, causal=False)
+        return TransformerEncoder(config, self.max_seq_length + 1)
 
     def extra_tokens(self) -> int:
         return 1

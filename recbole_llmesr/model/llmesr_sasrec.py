@@ -10,4 +10,4 @@ class LLMESR_SASRec(DualViewRecommender):
     """
 
     def build_encoder(self, config):
-        return TransformerEncoder(config, self.max_seq_length, causal=True)
+        return TransformerEncoder(config, self.max_seq_length)
