@@ -36,7 +36,7 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={
         "console_scripts": [
             "run_recbole=recbole_llmesr.cli.run_recbole:main",

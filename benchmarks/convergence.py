@@ -54,7 +54,9 @@ def summarize_run(record: dict) -> Dict[str, float]:
     training seconds to the best epoch and median seconds per epoch."""
     history = record.get("history") or []
     if not history:
-        raise ValueError(f"run {record['model']} seed {record['seed']} has no training history; delete its JSON and rerun")
+        raise ValueError(
+            f"run {record['model']} seed {record['seed']} has no training history; delete its JSON and rerun"
+        )
     best = max(history, key=lambda h: h["valid_score"])  # the first of equal scores, as RecBole keeps it
     per_epoch = [b["train_s"] - a["train_s"] for a, b in zip([{"train_s": 0.0}] + history, history)]
     return {"best_epoch": best["epoch"], "epochs": len(history), "run_train_s_to_best": best["train_s"],
@@ -113,13 +115,14 @@ def markdown(rep: dict) -> str:
         for key in (m, "full:" + m):
             s = r[key]
             cells += [f"{s['mean']:.4f} ± {s['std']:.4f}", f"{100 * s['relative']:+.1f} %", compare._fmt_p(s["p"])]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['s_per_epoch']:.2f} | {r['s_per_epoch_vs_ref']:.2f}x "
-                     f"| {r['best_epoch']:.1f} | {r['train_s_to_best']:.0f} | {r['to_best_vs_ref']:.2f}x | {r['run_s_per_epoch']:.2f} "
-                     f"| {len(r['seeds'])} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['s_per_epoch']:.2f} "
+                     f"| {r['s_per_epoch_vs_ref']:.2f}x | {r['best_epoch']:.1f} | {r['train_s_to_best']:.0f} "
+                     f"| {r['to_best_vs_ref']:.2f}x | {r['run_s_per_epoch']:.2f} | {len(r['seeds'])} |")
     return "\n".join(lines) + (
-        f"\n\nReference row: {rep['reference']}. Means over seeds; p: paired t-test over seeds. s/epoch: training only, "
-        "timed side by side in one process (median); best epoch counts from 0; train s to best = (best epoch + 1) x "
-        "s/epoch; in-run s/epoch: the runs' own median, which depends on what else shared the machine.\n")
+        f"\n\nReference row: {rep['reference']}. Means over seeds; p: paired t-test over seeds. "
+        "s/epoch: training only, timed side by side in one process (median); best epoch counts from 0; "
+        "train s to best = (best epoch + 1) x s/epoch; in-run s/epoch: the runs' own median, which depends on "
+        "what else shared the machine.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stopping_step", type=int, default=10, help="patience on validation NDCG@10")
     p.add_argument("--eval_mode", default="paper100")
     p.add_argument("--variants", nargs="*", help="labels of the study to run (default: all)")
-    p.add_argument("--timing_epochs", type=int, default=3, help="side-by-side timed epochs per variant (after a warm-up)")
+    p.add_argument("--timing_epochs", type=int, default=3,
+                   help="side-by-side timed epochs per variant (after a warm-up)")
     p.add_argument("--max_batches", type=int, default=None, help="time only N batches per epoch and extrapolate")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="RecBole settings for every run")
@@ -166,7 +170,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     text = f"# Convergence study: {args.study} ({args.dataset})\n\n" + markdown(rep)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / f"{args.study}.md").write_text(text)
-    (Path(args.output) / f"{args.study}.json").write_text(json.dumps({"settings": common, **rep, "runs": runs}, indent=2))
+    (Path(args.output) / f"{args.study}.json").write_text(
+        json.dumps({"settings": common, **rep, "runs": runs}, indent=2)
+    )
     print(text)
     return rep
 

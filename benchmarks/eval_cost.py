@@ -21,7 +21,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 LOO = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user"}
-QUIET = {"show_progress": False, "state": "WARNING", "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10"}
+QUIET = {
+    "show_progress": False, "state": "WARNING", "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10"
+}
 
 
 def build(model_name: str, dataset: str, mode: str, settings: Dict[str, Any]):
@@ -32,7 +34,9 @@ def build(model_name: str, dataset: str, mode: str, settings: Dict[str, Any]):
     from recbole_llmesr.evaluation import data_preparation
     from recbole_llmesr.registry import create_dataset, get_model, get_trainer
 
-    config = LLMESRConfig(model=model_name, dataset=dataset, config_dict={**QUIET, **settings, "eval_args": {**LOO, "mode": mode}})
+    config = LLMESRConfig(
+        model=model_name, dataset=dataset, config_dict={**QUIET, **settings, "eval_args": {**LOO, "mode": mode}}
+    )
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
     start = time.perf_counter()
@@ -65,7 +69,9 @@ def run(model: str = "LLMESR_SASRec", dataset: str = "ml-100k", repeats: int = 3
     full = rows["full"]["eval_s"]
     for row in rows.values():
         row["ratio_to_full"] = row["eval_s"] / full
-    return {"model": model, "dataset": dataset, "repeats": repeats, "threads": threads, "settings": settings, "rows": rows}
+    return {
+        "model": model, "dataset": dataset, "repeats": repeats, "threads": threads, "settings": settings, "rows": rows
+    }
 
 
 def table(res: Dict[str, Any]) -> str:

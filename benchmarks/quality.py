@@ -4,7 +4,8 @@ the paper's Table 2 ablations of LLMESR_SASRec.
 One command each (Beauty prepared by ``llmesr-prepare --dataset amazon_beauty_5core --source beauty``)::
 
     python -m benchmarks.quality --dataset amazon_beauty_5core --data_path dataset_atomic --output quality_beauty
-    python -m benchmarks.quality --ablations --dataset amazon_beauty_5core --data_path dataset_atomic --output quality_beauty
+    python -m benchmarks.quality --ablations --dataset amazon_beauty_5core --data_path dataset_atomic \\
+        --output quality_beauty
 
 Every run trains once, is selected on validation NDCG@10 under the paper's 100-negative protocol and is
 tested twice from the same checkpoint: ``paper100`` and full ranking (``extra_test_modes: [full]``).
@@ -50,7 +51,10 @@ ABLATIONS = {
     # gain of the whole method can be read apart from the change of loss and training mode.
     "plain backbone": {"use_semantic_view": False, "id_init": "random", "use_distillation": False},
 }
-COLUMNS = [("", "Overall"), ("_tail_item", "Tail item"), ("_head_item", "Head item"), ("_tail_user", "Tail user"), ("_head_user", "Head user")]
+COLUMNS = [
+    ("", "Overall"), ("_tail_item", "Tail item"), ("_head_item", "Head item"), ("_tail_user", "Tail user"),
+    ("_head_user", "Head user"),
+]
 
 
 def settings(args) -> Dict[str, Any]:
@@ -128,7 +132,10 @@ def targets_table(report: dict, ours: str, baseline: str, mode: str = "") -> str
 def _paired_p(report: dict, ours: str, baseline: str, key: str) -> float:
     if baseline == report["baseline"]:
         return report["p_values"][ours].get(key, math.nan)
-    by_seed = {m: {r["seed"]: r["test"][key] for r in report["runs"] if r["model"] == m and key in r["test"]} for m in (ours, baseline)}
+    by_seed = {
+        m: {r["seed"]: r["test"][key] for r in report["runs"] if r["model"] == m and key in r["test"]}
+        for m in (ours, baseline)
+    }
     return compare.paired_p_value(by_seed[ours], by_seed[baseline])
 
 
@@ -156,7 +163,10 @@ def write_quality(args, reports: Dict[str, dict]) -> Path:
         for baseline in (backbone, f"plain_{backbone}"):
             if {ours, baseline} <= present:
                 for mode, name in modes:
-                    parts += [f"## Targets, {ours} over {baseline}, NDCG@10 ({name})\n", targets_table(report, ours, baseline, mode)]
+                    parts += [
+                        f"## Targets, {ours} over {baseline}, NDCG@10 ({name})\n",
+                        targets_table(report, ours, baseline, mode),
+                    ]
     path = Path(args.output) / "quality.md"
     path.write_text("\n".join(parts))
     return path
@@ -184,26 +194,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=BACKBONES)
     p.add_argument("--ablations", action="store_true", help="run the ablation table instead of the baselines")
     p.add_argument("--variants", nargs="*", choices=list(ABLATIONS), metavar="LABEL",
-                   help=f"--ablations: run only these rows (default all: {', '.join(ABLATIONS)}), e.g. to split them over processes")
+                   help=f"--ablations: run only these rows (default all: {', '.join(ABLATIONS)}), "
+                        "e.g. to split them over processes")
     p.add_argument("--plain", action="store_true",
-                   help="also run the plain backbone (plain_<Backbone>: LLMESR_<Backbone> with every LLM-ESR switch off) "
-                        "with the LLMESR_ model's overrides, i.e. the same training recipe")
+                   help="also run the plain backbone (plain_<Backbone>: LLMESR_<Backbone> with every LLM-ESR switch "
+                        "off) with the LLMESR_ model's overrides, i.e. the same training recipe")
     p.add_argument("--only", choices=("baseline", "llmesr", "plain"),
-                   help="run one row of each backbone, e.g. to split the rows over processes; a later run of all reuses them")
+                   help="run one row of each backbone, e.g. to split the rows over processes; "
+                        "a later run of all reuses them")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--first_seed", type=int, default=42, help="seeds first_seed, first_seed + 1, ... (default 42)")
     p.add_argument("--epochs", type=int, default=200, help="epoch budget per run (paper: 200)")
     p.add_argument("--stopping_step", type=int, default=20, help="patience on validation NDCG@10 (paper: 20)")
     p.add_argument("--eval_mode", default="paper100",
-                   help="validation (model selection) and first test protocol: paper100 (the paper's, default) or full; "
-                        "the best checkpoint is also tested under the other one")
+                   help="validation (model selection) and first test protocol: paper100 (the paper's, default) or "
+                        "full; the best checkpoint is also tested under the other one")
     p.add_argument("--pareto", action="store_true", help="Pareto 20/80 groups instead of the paper's Beauty thresholds")
     p.add_argument("--ts_user", type=int, default=9)
     p.add_argument("--ts_item", type=int, default=4)
     p.add_argument("--override", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="setting for one model only, repeatable, e.g. --override=SASRec:train_batch_size=256")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="RecBole settings for every run, e.g. MAX_ITEM_LIST_LENGTH=50")
+    p.add_argument("extra", nargs="*", metavar="KEY=VALUE",
+                   help="RecBole settings for every run, e.g. MAX_ITEM_LIST_LENGTH=50")
     return p
 
 

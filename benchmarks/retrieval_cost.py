@@ -86,7 +86,9 @@ def item_texts(n: int, seed: int) -> list:
             for i in range(n)]
 
 
-def run_embedding(n: int = 1000, threads: int = 2, seed: int = 2024, batch_size: Optional[int] = None) -> Dict[str, Any]:
+def run_embedding(
+    n: int = 1000, threads: int = 2, seed: int = 2024, batch_size: Optional[int] = None
+) -> Dict[str, Any]:
     """Items per second of the offline embedder (all-MiniLM-L6-v2) on ``threads`` CPU threads, no cache."""
     import torch
 

@@ -1,7 +1,8 @@
 """Why rare items sink under full ranking: each view's ranking quality, vector norms and softmax mass by
 item popularity, from trained checkpoints.
 
-    python -m benchmarks.tail_diagnosis --checkpoint saved/LLMESR_SASRec-*.pth [saved/SASRec-*.pth ...] --data_path dataset_atomic
+    python -m benchmarks.tail_diagnosis --checkpoint saved/LLMESR_SASRec-*.pth [saved/SASRec-*.pth ...] \\
+        --data_path dataset_atomic
 
 For every test user (input: the history without its last item; target: the last item; every item is ranked,
 as in RecBole's full-sort evaluation of sequential models, unless the model itself excludes the input's items
@@ -87,7 +88,9 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
                     scores[rows, cols] = -math.inf
                 if name == "fused":
                     probs = torch.softmax(scores, dim=1)
-                    mass += torch.zeros(n_buckets, dtype=torch.float64).index_add_(0, bucket_t, probs.sum(0).double()).numpy()
+                    mass += torch.zeros(n_buckets, dtype=torch.float64).index_add_(
+                        0, bucket_t, probs.sum(0).double()
+                    ).numpy()
                     top = scores.topk(10, dim=1).indices.reshape(-1)
                     top10 += np.bincount(bucket_of_item[top.numpy()], minlength=n_buckets)
                 gains = _ndcg_at10(scores, targets).numpy()
@@ -97,8 +100,10 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
         if dual:
             for view, table in zip(views, tables):
                 n = table[: rec.n_items].norm(dim=1).numpy()
-                norms[view] = [float(n[1:][bucket_of_item[1:] == b].mean()) if (bucket_of_item[1:] == b).any() else math.nan
-                               for b in range(n_buckets)]
+                norms[view] = [
+                    float(n[1:][bucket_of_item[1:] == b].mean()) if (bucket_of_item[1:] == b).any() else math.nan
+                    for b in range(n_buckets)
+                ]
     n_users = len(users)
     result = {
         "checkpoint": checkpoint,

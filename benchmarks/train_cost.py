@@ -29,7 +29,9 @@ import torch
 #: name -> (model, config overrides). The "backbone" switches are the README's plain-backbone setting.
 VARIANTS: Dict[str, tuple] = {
     "llmesr_sequence": ("LLMESR_SASRec", {}),
-    "backbone_sequence": ("LLMESR_SASRec", {"use_semantic_view": False, "id_init": "random", "use_distillation": False}),
+    "backbone_sequence": (
+        "LLMESR_SASRec", {"use_semantic_view": False, "id_init": "random", "use_distillation": False}
+    ),
     "llmesr_teacher_batch": ("LLMESR_SASRec", {"teacher_update": "batch"}),
     "llmesr_online_teacher": ("LLMESR_SASRec", {"teacher_mode": "online"}),
     # Same batch size as stock SASRec's default, so that only the model differs.
@@ -39,7 +41,8 @@ VARIANTS: Dict[str, tuple] = {
 #: (label, numerator, denominator, target) of the reported ratios.
 RATIOS = [
     ("LLMESR_SASRec / plain backbone (sequence)", "llmesr_sequence", "backbone_sequence", "<= 2.5"),
-    ("LLMESR_SASRec, teacher_update=batch / plain backbone (sequence)", "llmesr_teacher_batch", "backbone_sequence", "<= 2.5"),
+    ("LLMESR_SASRec, teacher_update=batch / plain backbone (sequence)",
+     "llmesr_teacher_batch", "backbone_sequence", "<= 2.5"),
     ("online teacher / memory bank (sequence)", "llmesr_online_teacher", "llmesr_sequence", ">= 5"),
     ("LLMESR_SASRec / stock SASRec (prefix, CE)", "llmesr_prefix_ce", "sasrec_prefix_ce", "-"),
 ]
@@ -140,8 +143,8 @@ def run(dataset: str = "ml-100k", epochs: int = 3, max_batches: Optional[int] = 
                 times[n].append(t)
     rows = {}
     for n, r in runners.items():
-        rows[n] = {"model": VARIANTS[n][0], "overrides": VARIANTS[n][1], "train_mode": r.config["train_mode"] or "prefix",
-                   "batch_size": r.config["train_batch_size"],
+        rows[n] = {"model": VARIANTS[n][0], "overrides": VARIANTS[n][1],
+                   "train_mode": r.config["train_mode"] or "prefix", "batch_size": r.config["train_batch_size"],
                    "batches_per_epoch": r.batches, "batches_timed": r.timed,
                    "extrapolated": r.timed < r.batches, "sec_per_epoch": statistics.median(times[n]),
                    "epoch_times": times[n]}
@@ -178,7 +181,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     p.add_argument("--json", help="write results here")
-    p.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="RecBole settings for every variant, e.g. data_path=...")
+    p.add_argument("extra", nargs="*", metavar="KEY=VALUE",
+                   help="RecBole settings for every variant, e.g. data_path=...")
     a = p.parse_args(argv)
     from recbole_llmesr.compare import parse_overrides
 

@@ -26,7 +26,10 @@ from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.fileio import atomic_write
 from recbole_llmesr.prep.embedders.redact import redact_url
 
-GROUPS = {"": "overall", "_tail_user": "tail user", "_head_user": "head user", "_tail_item": "tail item", "_head_item": "head item"}
+GROUPS = {
+    "": "overall", "_tail_user": "tail user", "_head_user": "head user", "_tail_item": "tail item",
+    "_head_item": "head item",
+}
 # Test metric keys: ``ndcg@10``, ``ndcg@10_tail_user``, and with extra_test_modes ``full:ndcg@10``.
 _METRIC = re.compile(r"^(?P<base>(?:[a-z0-9]+:)?[a-z]+@\d+)(?P<group>_(?:tail|head)_(?:user|item))?$")
 
@@ -132,7 +135,9 @@ def run_comparison(
     for model, seed in bar:
         bar.set_postfix_str(f"{model} seed {seed}")
         settings = {**common, **model_overrides.get(model, {}), "seed": seed}
-        runs.append(run_once(model, model_of.get(model, model), dataset, seed, settings, output / "runs", config_file_list))
+        runs.append(
+            run_once(model, model_of.get(model, model), dataset, seed, settings, output / "runs", config_file_list)
+        )
     report = summarize(runs, models, baseline)
     report.update({"dataset": dataset, "seeds": list(seeds), "config": common, "model_overrides": model_overrides})
     write_reports(report, output)
@@ -279,7 +284,8 @@ def markdown_table(report: dict) -> str:
     ]
     mode = (report.get("config") or {}).get("eval_args", {}).get("mode")
     if mode:
-        notes.append(f"Test protocol: eval mode {mode}; a metric marked (m) is the same best model tested again under eval mode m.")
+        notes.append(f"Test protocol: eval mode {mode}; a metric marked (m) is the same best model tested again "
+                     "under eval mode m.")
     if shares:
         groups = ", ".join(f"{k[6:].replace('_', ' ')} {100 * v:.1f} %" for k, v in shares.items())
         notes.append(f"Share of the test users in each group: {groups}.")

@@ -1,6 +1,8 @@
 """RecBole ``Config`` that knows the plugin's models, property files and data folder."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from recbole.config import Config
@@ -74,7 +76,9 @@ class LLMESRConfig(Config):
         props = properties_dir()
         # A model may name shared property files (the LLM-ESR mechanism's keys) to load before its own.
         shared = [props / "model" / f"{name}.yaml" for name in getattr(model_class, "property_files", ())]
-        files = [props / "overall.yaml", *shared, props / "model" / f"{model}.yaml", props / "dataset" / f"{dataset}.yaml"]
+        files = [
+            props / "overall.yaml", *shared, props / "model" / f"{model}.yaml", props / "dataset" / f"{dataset}.yaml"
+        ]
         for file in files:
             if file.is_file():
                 loaded = self._update_internal_config_dict(str(file))
@@ -94,6 +98,19 @@ class LLMESRConfig(Config):
             has_copy = (prepared / "ml-100k.inter").is_file()
             self.final_config_dict["data_path"] = str(prepared if has_copy else RECBOLE_ML100K_DIR)
         add_group_metrics(self.final_config_dict)
+
+    @contextmanager
+    def test_mode(self, mode: str) -> Iterator[None]:
+        """Within the block the test phase uses eval mode ``mode`` (e.g. ``full``), samplers included."""
+        eval_args = self.final_config_dict["eval_args"]
+        original = eval_args["mode"]["test"]
+        eval_args["mode"] = {**eval_args["mode"], "test": mode}
+        try:
+            self._set_eval_neg_sample_args("test")
+            yield
+        finally:
+            eval_args["mode"] = {**eval_args["mode"], "test": original}
+            self._set_eval_neg_sample_args("test")
 
     def _set_eval_neg_sample_args(self, phase):
         num = paper_sample_num(self.final_config_dict["eval_args"]["mode"][phase])

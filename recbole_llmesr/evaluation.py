@@ -16,6 +16,7 @@
 """
 import math
 import re
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -36,7 +37,10 @@ GROUP_SPLITS = ("pareto", "threshold")
 # in tests/test_evaluation.py). CORE is not: its ``predict`` skips the item normalisation. Plugin models
 # declare it themselves with a ``dot_product_scores`` class attribute.
 DOT_PRODUCT_MODELS = frozenset(
-    {"SASRec", "GRU4Rec", "BERT4Rec", "NARM", "STAMP", "Caser", "NextItNet", "SRGNN", "GCSAN", "LightSANs", "FPMC", "BPR"}
+    {
+        "SASRec", "GRU4Rec", "BERT4Rec", "NARM", "STAMP", "Caser", "NextItNet", "SRGNN", "GCSAN", "LightSANs",
+        "FPMC", "BPR",
+    }
 )
 
 _PAPER_MODE = re.compile(r"^paper(\d+)$")
@@ -122,7 +126,9 @@ class LongTail(AbstractMetric):
                 else:
                     values = {f"{name}@{k}": float("nan") for k in self.topk}
                 result.update({f"{key}_{group}": value for key, value in values.items()})
-        result.update({f"share_{group}": round(float(mask.mean()), self.decimal_place) for group, mask in groups.items()})
+        result.update(
+            {f"share_{group}": round(float(mask.mean()), self.decimal_place) for group, mask in groups.items()}
+        )
         return result
 
 
@@ -196,7 +202,10 @@ def split_statistics(dataset, valid_data, test_data, count_all_splits: bool = Fa
     (LLM-ESR's ``train_mode: sequence`` keeps one row per user), so every model gets the same groups.
     """
     everything = LongTailStats.from_counts(dataset, *_all_interactions(dataset))
-    valid, test = LongTailStats.from_counts(dataset, *_targets(valid_data)), LongTailStats.from_counts(dataset, *_targets(test_data))
+    valid, test = (
+        LongTailStats.from_counts(dataset, *_targets(valid_data)),
+        LongTailStats.from_counts(dataset, *_targets(test_data)),
+    )
     # The official code counts validation and test interactions too (a leak of the targets into the
     # grouping); `item_pop_all_splits: True` reproduces it for comparison with the paper.
     item_pop = everything.item_pop if count_all_splits else everything.item_pop - valid.item_pop - test.item_pop
@@ -265,8 +274,18 @@ def data_preparation(config, dataset) -> Tuple[Any, Any, Any]:
         loader._sampler = PaperSampler(phase, dataset, hu, hi, config["paper_neg_seed"] or 0)
     for phase, loader in (("train", train_data), ("valid", valid_data), ("test", test_data)):
         if loader is not None:
-            loader.long_tail_stats = stats[phase]
+            _PHASE_STATS[loader._dataset] = stats[phase]
     return train_data, valid_data, test_data
+
+
+#: The split statistics of each phase, keyed by the phase's dataset (a loader's ``_dataset``), so that any
+#: loader over it (e.g. the whole-split loader of a DDP test) finds them.
+_PHASE_STATS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def statistics_of(loader) -> Optional[LongTailStats]:
+    """The group metrics' statistics of a loader built by :func:`data_preparation`, else None."""
+    return _PHASE_STATS.get(loader._dataset) if loader is not None else None
 
 
 def _remove(uid: np.ndarray, iid: np.ndarray, ru: np.ndarray, ri: np.ndarray, n_items: int):
@@ -308,7 +327,7 @@ class GroupCollector(Collector):
         super().data_collect(train_data)
         if not self.register.need("data.item_pop"):
             return
-        stats = getattr(train_data, "long_tail_stats", None)
+        stats = statistics_of(train_data)
         if stats is None:
             # Loaders from RecBole's own data_preparation: count the training split itself (exact for
             # RecBole's one-row-per-prefix training data); every phase then uses training lengths.
@@ -319,7 +338,7 @@ class GroupCollector(Collector):
         """Take the phase's input lengths from the loader (and the item counts, for evaluate-only runs)."""
         if not self.register.need("data.item_pop"):
             return
-        stats = getattr(eval_data, "long_tail_stats", None)
+        stats = statistics_of(eval_data)
         if stats is not None:
             self._use(stats)
         elif self.user_len is None:

@@ -118,18 +118,11 @@ def evaluate_with_mode(config, trainer, mode: str) -> dict:
     The dataset is loaded again: RecBole's ``build`` converts it in place and cannot run twice. Internal
     ids depend only on the files, so they match the model's.
     """
-    eval_args = config["eval_args"]
-    original = eval_args["mode"]["test"]
-    eval_args["mode"] = {**eval_args["mode"], "test": mode}
-    try:
-        config._set_eval_neg_sample_args("test")
+    with config.test_mode(mode):
         _, _, test_data = data_preparation(config, create_dataset(config))
         if not config["single_spec"]:  # DDP: rank 0 scores the whole split, as for the main test
-            return trainer._evaluate_on_rank0(test_data, config["show_progress"])
+            return trainer.evaluate_on_rank0(test_data, config["show_progress"])
         return trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
-    finally:
-        eval_args["mode"] = {**eval_args["mode"], "test": original}
-        config._set_eval_neg_sample_args("test")
 
 
 def run_recboles(rank: int, *args) -> None:

@@ -226,7 +226,9 @@ def embed_cold_items(texts: Dict[str, str], dataset: str, data_dir: str, base_ur
     return embed_texts(emb, list(texts.values()), cache, show_progress=show_progress, desc="cold-start items")
 
 
-def add_cold_items(rec: Recommender, tokens: Sequence[str], vectors: np.ndarray, collab: str = "regression") -> np.ndarray:
+def add_cold_items(
+    rec: Recommender, tokens: Sequence[str], vectors: np.ndarray, collab: str = "regression"
+) -> np.ndarray:
     """Make items known only by their LLM vectors candidates of ``rec``; returns their internal ids."""
     add = getattr(rec.model, "add_items", None)
     if add is None:
@@ -266,7 +268,9 @@ def evaluate_cases(rec: Recommender, uids: np.ndarray, histories: Sequence[np.nd
         if allowed is not None:
             scores[:, ~allowed] = -torch.inf
         rows = np.concatenate([np.full(len(h), r) for r, h in enumerate(hist)])
-        scores[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(np.concatenate(hist), dtype=torch.long)] = -torch.inf
+        scores[
+            torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(np.concatenate(hist), dtype=torch.long)
+        ] = -torch.inf
         target = torch.as_tensor(np.asarray(targets[sl]), dtype=torch.long)
         t = scores.gather(1, target.unsqueeze(1))
         rank = ((scores > t).sum(1) + (scores == t).sum(1) - 1).numpy()  # 0-based, pessimistic on ties

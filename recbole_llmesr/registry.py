@@ -64,7 +64,9 @@ def known_model_names() -> List[str]:
         names.update(
             attr
             for attr, obj in vars(module).items()
-            if isinstance(obj, type) and issubclass(obj, AbstractRecommender) and obj.__module__.startswith(module.__name__)
+            if isinstance(obj, type)
+            and issubclass(obj, AbstractRecommender)
+            and obj.__module__.startswith(module.__name__)
         )
     names.update(_EXLIB_MODELS.values())
     disable_anomaly_mode()

@@ -78,7 +78,9 @@ def decode_plain(value):
         if "__ndarray__" in value:
             return value["__ndarray__"].numpy()
         if "__sparse__" in value:
-            coo = sp.coo_matrix((value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())), shape=tuple(value["shape"]))
+            coo = sp.coo_matrix(
+                (value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())), shape=tuple(value["shape"])
+            )
             return coo.asformat(value["__sparse__"])
         return {k: decode_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -94,7 +96,7 @@ class SafeCheckpointMixin:
 
     Under DDP (gloo or NCCL) every rank uses rank 0's checkpoint name and waits for rank 0 to finish
     writing it before reloading the best model, and the final test is scored by rank 0 alone on the whole
-    split (:meth:`_evaluate_on_rank0`). The config key ``save_rank_states: True`` makes every rank write
+    split (:meth:`evaluate_on_rank0`). The config key ``save_rank_states: True`` makes every rank write
     its final parameters to ``<checkpoint_dir>/rank<k>-final.pt``, to check that the ranks stayed in sync.
     """
 
@@ -146,7 +148,9 @@ class SafeCheckpointMixin:
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
         # Training time only (validation excluded), so that time-to-best compares training modes.
-        self.history.append({"epoch": self._epoch, "train_s": round(self.train_seconds, 3), "valid_score": float(score)})
+        self.history.append(
+            {"epoch": self._epoch, "train_s": round(self.train_seconds, 3), "valid_score": float(score)}
+        )
         return score, result
 
     def fit(self, *args, **kwargs):
@@ -209,7 +213,9 @@ class SafeCheckpointMixin:
             return super()._neg_sample_batch_eval(batched_data)
         interaction, row_idx, positive_u, positive_i = batched_data
         interaction = interaction.to(self.device)
-        scores = sampled_scores(self.model, interaction, row_idx, positive_u, self.tot_item_num, self.config["ITEM_ID_FIELD"])
+        scores = sampled_scores(
+            self.model, interaction, row_idx, positive_u, self.tot_item_num, self.config["ITEM_ID_FIELD"]
+        )
         return interaction, scores, positive_u, positive_i
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -224,10 +230,10 @@ class SafeCheckpointMixin:
             self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
             if not self.config["single_spec"]:
-                return self._evaluate_on_rank0(eval_data, show_progress)
+                return self.evaluate_on_rank0(eval_data, show_progress)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
-    def _evaluate_on_rank0(self, eval_data, show_progress=False):
+    def evaluate_on_rank0(self, eval_data, show_progress=False):
         """The final test under DDP: rank 0 scores the whole split alone; every rank returns its result.
 
         RecBole's DDP evaluation averages per-rank metrics weighted by sample counts, but the
@@ -241,9 +247,6 @@ class SafeCheckpointMixin:
             try:
                 # The same loader without the DistributedSampler (RecBole builds it only when single_spec is off).
                 whole = type(eval_data)(self.config, eval_data._dataset, eval_data._sampler, shuffle=False)
-                stats = getattr(eval_data, "long_tail_stats", None)  # set by evaluation.data_preparation
-                if stats is not None:
-                    whole.long_tail_stats = stats
                 self.eval_collector.start_evaluation(whole)
                 result[0] = super().evaluate(whole, load_best_model=False, show_progress=show_progress)
             finally:

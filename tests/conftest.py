@@ -8,7 +8,10 @@ import pytest
 from recbole_llmesr.prep import artifacts
 
 # Each test gets a config with few epochs and no progress bars; RecBole also reads sys.argv.
-FAST = {"epochs": 2, "hidden_size": 8, "inner_size": 16, "show_progress": False, "train_batch_size": 64, "eval_batch_size": 256, "seed": 7, "stopping_step": 2}
+FAST = {
+    "epochs": 2, "hidden_size": 8, "inner_size": 16, "show_progress": False, "train_batch_size": 64,
+    "eval_batch_size": 256, "seed": 7, "stopping_step": 2,
+}
 
 
 def write_tiny_dataset(root: Path, name: str = "tiny", n_users: int = 40, n_items: int = 30, seed: int = 0) -> Path:
@@ -36,7 +39,9 @@ def write_artifacts(folder: Path, name: str = "tiny", dim: int = 16, seed: int =
     emb = rng.normal(size=(len(items), dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     order = rng.permutation(len(items)) if shuffle else np.arange(len(items))
-    artifacts.save_embeddings(artifacts.artifact_path(folder, name, artifacts.ITEM_EMB), [items[i] for i in order], emb[order])
+    artifacts.save_embeddings(
+        artifacts.artifact_path(folder, name, artifacts.ITEM_EMB), [items[i] for i in order], emb[order]
+    )
     user_emb = rng.normal(size=(len(users), dim))
     sims = user_emb @ user_emb.T
     np.fill_diagonal(sims, -np.inf)
@@ -58,7 +63,9 @@ def tiny(tmp_path):
     root = tmp_path / "dataset_atomic"
     folder = write_tiny_dataset(root)
     info = write_artifacts(folder)
-    return {"config": {**FAST, "data_path": str(root), "checkpoint_dir": str(tmp_path / "saved")}, "folder": folder, **info}
+    return {
+        "config": {**FAST, "data_path": str(root), "checkpoint_dir": str(tmp_path / "saved")}, "folder": folder, **info
+    }
 
 
 def build(model: str, config_dict: dict, dataset: str = "tiny"):

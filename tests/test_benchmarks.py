@@ -63,7 +63,9 @@ def test_quality_smoke_backbone_and_ablations(tiny, tmp_path):
     assert "## Targets, LLMESR_SASRec over SASRec, NDCG@10 (full ranking)" in text
     assert text.count("| overall |") >= 2  # the targets tables
     runs = sorted(p.name for p in (tmp_path / "q" / "SASRec" / "runs").glob("*.json"))
-    assert runs == ["LLMESR_SASRec-seed42.json", "LLMESR_SASRec-seed43.json", "SASRec-seed42.json", "SASRec-seed43.json"]
+    assert runs == [
+        "LLMESR_SASRec-seed42.json", "LLMESR_SASRec-seed43.json", "SASRec-seed42.json", "SASRec-seed43.json"
+    ]
 
     # --variants splits the rows over processes; a later full run reuses them.
     only = quality.main(common + ["--ablations", "--seeds", "1", "--variants", "w/o SD"]).read_text()

@@ -23,7 +23,9 @@ def test_compare_writes_all_outputs_and_skips_finished_runs(tiny, tmp_path, caps
     assert compare_cli.main(_cli(tiny)) == 0
     out = tmp_path / "out"
     rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
-    assert [(r["model"], r["seed"]) for r in rows] == [("SASRec", "42"), ("LLMESR_SASRec", "42"), ("SASRec", "43"), ("LLMESR_SASRec", "43")]
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("SASRec", "42"), ("LLMESR_SASRec", "42"), ("SASRec", "43"), ("LLMESR_SASRec", "43")
+    ]
     assert {"hit@10", "ndcg@10", "ndcg@10_tail_user", "hit@10_head_item", "share_tail_user"} <= set(rows[0])
     report = json.loads((out / "results.json").read_text())
     assert report["baseline"] == "SASRec" and set(report["p_values"]) == {"LLMESR_SASRec"}
@@ -46,14 +48,17 @@ def test_compare_writes_all_outputs_and_skips_finished_runs(tiny, tmp_path, caps
 
 def test_paired_p_values_match_scipy_and_need_two_pairs():
     model, base = {1: 0.30, 2: 0.35, 3: 0.33}, {1: 0.28, 2: 0.30, 3: 0.32, 4: 0.5}
-    assert compare.paired_p_value(model, base) == pytest.approx(ttest_rel([0.30, 0.35, 0.33], [0.28, 0.30, 0.32]).pvalue)
+    assert compare.paired_p_value(model, base) == pytest.approx(
+        ttest_rel([0.30, 0.35, 0.33], [0.28, 0.30, 0.32]).pvalue
+    )
     assert math.isnan(compare.paired_p_value({1: 0.3}, {1: 0.2}))
     assert math.isnan(compare.paired_p_value({1: 0.3, 2: 0.4}, {1: 0.2, 2: 0.3}))  # constant difference
 
 
 def test_overrides_parse_like_recbole():
-    assert compare.parse_overrides(["--epochs=5", "metrics=[Hit,NDCG]", "learning_rate=1e-3", "valid_metric=NDCG@10"]) == {
-        "epochs": 5, "metrics": ["Hit", "NDCG"], "learning_rate": 0.001, "valid_metric": "NDCG@10"}
+    assert compare.parse_overrides(
+        ["--epochs=5", "metrics=[Hit,NDCG]", "learning_rate=1e-3", "valid_metric=NDCG@10"]
+    ) == {"epochs": 5, "metrics": ["Hit", "NDCG"], "learning_rate": 0.001, "valid_metric": "NDCG@10"}
     assert compare.parse_overrides(["SASRec:epochs=3", "SASRec:train_batch_size=512"], per_model=True) == {
         "SASRec": {"epochs": 3, "train_batch_size": 512}}
     with pytest.raises(ValueError, match="MODEL:key=value"):

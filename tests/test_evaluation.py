@@ -9,7 +9,7 @@ from recbole.evaluator.collector import DataStruct
 
 from recbole_llmesr import evaluation
 from recbole_llmesr.config import LLMESRConfig
-from recbole_llmesr.evaluation import DOT_PRODUCT_MODELS, LongTail, data_preparation
+from recbole_llmesr.evaluation import DOT_PRODUCT_MODELS, LongTail, data_preparation, statistics_of
 from recbole_llmesr.registry import create_dataset, get_model, get_trainer
 
 LOO = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user"}
@@ -53,7 +53,9 @@ def _struct(seq_len, pos_item, item_pop):
 
 
 def _metric_config(**extra):
-    settings = {"topk": [1, 3], "metrics": ["Hit", "NDCG", "MRR"], "group_split": "threshold", "ts_user": 5, "ts_item": 4}
+    settings = {
+        "topk": [1, 3], "metrics": ["Hit", "NDCG", "MRR"], "group_split": "threshold", "ts_user": 5, "ts_item": 4
+    }
     return LLMESRConfig(model="SASRec", dataset="tiny", config_dict={**settings, **extra})
 
 
@@ -105,12 +107,14 @@ def test_statistics_count_the_training_split_only_and_are_model_independent(tiny
     for model in ("SASRec", "LLMESR_SASRec"):  # the latter keeps one training row per user
         _, _, (train, valid, test) = _build(model, _paper(tiny))
         dataset = train._dataset
-        pop = train.long_tail_stats.item_pop
-        assert torch.equal(valid.long_tail_stats.item_pop, pop) and torch.equal(test.long_tail_stats.item_pop, pop)
-        assert {dataset.id2token(dataset.iid_field, i): int(pop[i]) for i in range(1, len(pop)) if pop[i]} == dict(train_counts)
+        pop = statistics_of(train).item_pop
+        assert torch.equal(statistics_of(valid).item_pop, pop) and torch.equal(statistics_of(test).item_pop, pop)
+        assert {
+            dataset.id2token(dataset.iid_field, i): int(pop[i]) for i in range(1, len(pop)) if pop[i]
+        } == dict(train_counts)
         # Input history: training items for validation, training + validation items for test.
         for loader, held_out in ((valid, 2), (test, 1)):
-            lengths = loader.long_tail_stats.user_len
+            lengths = statistics_of(loader).user_len
             assert {u: len(items) - held_out for u, items in seqs.items()} == {
                 dataset.id2token(dataset.uid_field, u): int(lengths[u]) for u in range(1, len(lengths))
             }
@@ -122,8 +126,10 @@ def test_item_pop_all_splits_reproduces_the_official_counting(tiny):
         for item in items:
             all_counts[item] += 1
     _, _, (train, _, _) = _build("SASRec", {**_paper(tiny), "item_pop_all_splits": True})
-    dataset, pop = train._dataset, train.long_tail_stats.item_pop
-    assert {dataset.id2token(dataset.iid_field, i): int(pop[i]) for i in range(1, len(pop)) if pop[i]} == dict(all_counts)
+    dataset, pop = train._dataset, statistics_of(train).item_pop
+    assert {
+        dataset.id2token(dataset.iid_field, i): int(pop[i]) for i in range(1, len(pop)) if pop[i]
+    } == dict(all_counts)
 
 
 def _candidates(loader):
@@ -243,7 +249,9 @@ def test_extra_test_modes_reuse_the_trained_model(tiny):
     # Full ranking among all items is harder than among 11 candidates.
     assert result["full:hit@10"] <= result["hit@10"]
 
-    cfg, model, (train, _, test) = _build("LLMESR_SASRec", {**tiny["config"], "eval_args": {**LOO, "mode": "full"}, "epochs": 1})
+    cfg, model, (train, _, test) = _build(
+        "LLMESR_SASRec", {**tiny["config"], "eval_args": {**LOO, "mode": "full"}, "epochs": 1}
+    )
     trainer = get_trainer(cfg["MODEL_TYPE"], cfg["model"])(cfg, model)
     checkpoint = sorted((tiny["folder"].parent.parent / "saved").glob("LLMESR_SASRec-*.pth"))[-1]
     direct = trainer.evaluate(test, load_best_model=True, model_file=str(checkpoint))

@@ -49,7 +49,9 @@ def test_sampled_softmax_masks_accidental_hits_and_applies_offsets():
     row1 = -torch.log_softmax(torch.tensor([3.0, 0.0, 1.0]), 0)[0]
     assert torch.allclose(loss, (row0 + row1) / 2)
     offsets = torch.tensor([0.0, 0.0, 0.0, -5.0])  # e.g. -log q: item 3 drawn very often
-    corrected = sampled_softmax(h, vectors[pos_ids], vectors[neg_ids], pos_ids, neg_ids, offsets[pos_ids], offsets[neg_ids])
+    corrected = sampled_softmax(
+        h, vectors[pos_ids], vectors[neg_ids], pos_ids, neg_ids, offsets[pos_ids], offsets[neg_ids]
+    )
     assert corrected < loss  # the over-drawn negative weighs less
 
 
@@ -62,7 +64,9 @@ def test_sequence_ce_equals_full_softmax_over_real_items(tiny):
     with torch.no_grad():
         tables = model.view_tables()
         hidden = model.encode(batch["item_id_list"], tables)
-        seq, positions, targets, valid = model.training_positions(batch["item_id_list"], batch["item_length"], batch["item_id"])
+        seq, positions, targets, valid = model.training_positions(
+            batch["item_id_list"], batch["item_length"], batch["item_id"]
+        )
         h = hidden[valid]
         logits = h @ model.item_table(tables).T
         expected = F.cross_entropy(logits[:, 1:], targets[valid] - 1)  # [PAD] is no candidate
@@ -96,7 +100,9 @@ def test_sampled_softmax_trains_every_model(sampling, tiny):
 
 def test_logq_of_each_sampler(tiny):
     settings = {**tiny["config"], "loss_type": "SSM", "num_negatives": 8}
-    models = {s: build("LLMESR_SASRec", {**settings, "negative_sampling": s})[1] for s in ("uniform", "in_batch", "mixed")}
+    models = {
+        s: build("LLMESR_SASRec", {**settings, "negative_sampling": s})[1] for s in ("uniform", "in_batch", "mixed")
+    }
     _, _, (train, _, _) = build("LLMESR_SASRec", settings)
     counts = train._dataset.item_counts.float()
     popularity = counts[1:] / counts[1:].sum()
@@ -110,7 +116,9 @@ def test_logq_of_each_sampler(tiny):
     # uniform: any real item; q is the same for all, so the correction shifts every logit alike.
     pool, share = models["uniform"].objective.pool(targets)
     assert len(pool) == 8 and share == 0.0 and (pool >= 1).all() and (pool <= n).all()
-    assert torch.allclose(models["uniform"].objective.offsets(items, share), torch.full((n,), float(torch.log(torch.tensor(n)))))
+    assert torch.allclose(
+        models["uniform"].objective.offsets(items, share), torch.full((n,), float(torch.log(torch.tensor(n))))
+    )
     # mixed: half of each (in-batch draws capped by the batch's positions), q the matching mixture.
     pool, share = models["mixed"].objective.pool(targets)
     assert len(pool) == 8 and share == 3 / 8

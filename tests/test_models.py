@@ -100,7 +100,10 @@ def test_each_switch_changes_parameters_or_output(switch, tiny):
 
     base, base_scores, base_loss = outputs({})
     other, scores, loss = outputs(switch)
-    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}
+
+    def shapes(m):
+        return {n: tuple(p.shape) for n, p in m.named_parameters()}
+
     if "use_distillation" in switch:  # no parameters of its own: it changes the loss
         assert shapes(base) == shapes(other) and torch.allclose(base_scores, scores)
         assert not torch.isclose(base_loss, loss)
@@ -133,8 +136,10 @@ def test_training_lowers_distillation_loss(mode, tiny):
         model.eval()
         with torch.no_grad():
             model.teacher.refresh(model) if mode == "memory_bank" else None
-            return sum(float(model.teacher.loss(b["user_id"], model.forward(b["item_id_list"], b["item_length"]), model))
-                       for b in batches)
+            return sum(
+                float(model.teacher.loss(b["user_id"], model.forward(b["item_id_list"], b["item_length"]), model))
+                for b in batches
+            )
 
     start = distill()
     for _ in range(15):
@@ -183,7 +188,9 @@ def test_teacher_update_batch_writes_students_and_skips_epoch_refresh(tiny):
     assert calls.count(2) == 2  # every epoch
 
 
-@pytest.mark.parametrize("model_name,loss", [("LLMESR_SASRec", "BCE"), ("LLMESR_GRU4Rec", "BPR"), ("LLMESR_SASRec", "CE")])
+@pytest.mark.parametrize(
+    "model_name,loss", [("LLMESR_SASRec", "BCE"), ("LLMESR_GRU4Rec", "BPR"), ("LLMESR_SASRec", "CE")]
+)
 def test_batch_item_tables_give_the_same_loss(model_name, loss, tiny):
     _, model, (train, _, _) = build(model_name, {**tiny["config"], "loss_type": loss})
     model.eval()
@@ -254,7 +261,9 @@ def test_wrong_yaml_types_are_rejected(tiny):
 @pytest.mark.parametrize("mode", ["prefix", "sequence"])
 def test_models_train_and_test_through_run_recbole(model_name, mode, tiny, tmp_path):
     loss = "CE" if mode == "prefix" else "BCE"
-    result = run_recbole(model=model_name, dataset="tiny", config_dict={**tiny["config"], "train_mode": mode, "loss_type": loss})
+    result = run_recbole(
+        model=model_name, dataset="tiny", config_dict={**tiny["config"], "train_mode": mode, "loss_type": loss}
+    )
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
     (ckpt,) = (tmp_path / "saved").glob(f"{model_name}-*.pth")
     state = torch.load(ckpt, weights_only=True)["state_dict"]
@@ -371,7 +380,9 @@ def test_exclude_history_auto_stays_off_when_users_repeat_items(tmp_path):
         items = first + [first[0]] + [(u + k) % 9 for k in range(3, 6)]  # a training target repeats the first item
         rows += [f"u{u}\ti{i}\t{t}" for t, i in enumerate(items)]
     (folder / "rep.inter").write_text("\n".join(rows) + "\n")
-    (folder / "rep.item").write_text("item_id:token\ttitle:token\n" + "\n".join(f"i{i}\titem {i}" for i in range(9)) + "\n")
+    (folder / "rep.item").write_text(
+        "item_id:token\ttitle:token\n" + "\n".join(f"i{i}\titem {i}" for i in range(9)) + "\n"
+    )
     write_artifacts(folder, name="rep")
     from conftest import FAST
 

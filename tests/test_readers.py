@@ -345,7 +345,9 @@ def test_dedupe_rating_and_empty_errors():
     assert d.inter.values.tolist() == [["u", "a", 1.0, 5.0], ["u", "a", 2.0, 1.0], ["v", "b", 3.0, 2.0]]
     r = R.filter_rating(d, 2)
     assert r.inter.values.tolist() == [["u", "a", 1.0, 5.0], ["v", "b", 3.0, 2.0]]
-    with pytest.raises(EmptyDatasetError, match=r"filter_rating\(min_rating=9\).*before: 3 interactions, 2 users, 2 items"):
+    with pytest.raises(
+        EmptyDatasetError, match=r"filter_rating\(min_rating=9\).*before: 3 interactions, 2 users, 2 items"
+    ):
         R.filter_rating(d, 9)
     with pytest.raises(EmptyDatasetError, match=r"kcore\(user_k=5, item_k=5\).*before: 3 interactions"):
         R.kcore(d, 5, 5)

@@ -103,10 +103,10 @@ def test_other_models_export_and_only_llmesr_takes_cold_items(model, tiny):
 # ---- cold-start items, with the real offline embedder -----------------------------------------------
 
 TOPICS = {
-    "lip": ["Velvet Matte Lipstick Ruby Red", "Glossy Lip Balm Cherry", "Lip Liner Pencil Nude", "Liquid Lipstick Berry",
-            "Tinted Lip Oil Rose", "Lip Plumper Gloss Clear"],
-    "hair": ["Argan Oil Shampoo Repair", "Keratin Conditioner Smooth", "Dry Shampoo Spray Fresh", "Hair Mask Deep Repair",
-             "Heat Protectant Hair Spray", "Curl Defining Cream"],
+    "lip": ["Velvet Matte Lipstick Ruby Red", "Glossy Lip Balm Cherry", "Lip Liner Pencil Nude",
+            "Liquid Lipstick Berry", "Tinted Lip Oil Rose", "Lip Plumper Gloss Clear"],
+    "hair": ["Argan Oil Shampoo Repair", "Keratin Conditioner Smooth", "Dry Shampoo Spray Fresh",
+             "Hair Mask Deep Repair", "Heat Protectant Hair Spray", "Curl Defining Cream"],
     "nail": ["Nail Polish Coral Pink", "Gel Top Coat Shine", "Cuticle Oil Almond", "Nail File Glass",
              "Base Coat Strengthener", "Nail Polish Remover Acetone Free"],
 }
@@ -126,7 +126,9 @@ def _write_text_dataset(root: Path, name: str = "shop", n_users: int = 150, seed
         seq = rng.choice(len(TOPICS[topic]), size=n, p=weights / weights.sum())
         inter += [f"u{u}\t{topic}{i}\t{t}" for t, i in enumerate(seq)]
     (folder / f"{name}.inter").write_text("\n".join(inter) + "\n")
-    (folder / f"{name}.item").write_text("item_id:token\ttitle:token_seq\n" + "\n".join(f"{i}\t{t}" for i, t in items) + "\n")
+    (folder / f"{name}.item").write_text(
+        "item_id:token\ttitle:token_seq\n" + "\n".join(f"{i}\t{t}" for i, t in items) + "\n"
+    )
     return folder
 
 

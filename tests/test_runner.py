@@ -92,10 +92,14 @@ def test_yaml_precedence(tmp_path, monkeypatch):
     assert Path(config["data_path"]) == Path("dataset_atomic") / "tiny"
     file = tmp_path / "my.yaml"
     file.write_text("alpha: 0.2\nsim_user_num: 5\nlearning_rate: 0.01\n")
-    config = LLMESRConfig(model="LLMESR_SASRec", dataset="tiny", config_file_list=[str(file)], config_dict={"sim_user_num": 7})
+    config = LLMESRConfig(
+        model="LLMESR_SASRec", dataset="tiny", config_file_list=[str(file)], config_dict={"sim_user_num": 7}
+    )
     assert (config["alpha"], config["sim_user_num"], config["learning_rate"]) == (0.2, 7, 0.01)
     monkeypatch.setattr(sys, "argv", ["run_recbole", "--sim_user_num=9", "--alpha=0.4"])
-    config = LLMESRConfig(model="LLMESR_SASRec", dataset="tiny", config_file_list=[str(file)], config_dict={"sim_user_num": 7})
+    config = LLMESRConfig(
+        model="LLMESR_SASRec", dataset="tiny", config_file_list=[str(file)], config_dict={"sim_user_num": 7}
+    )
     assert (config["alpha"], config["sim_user_num"]) == (0.4, 9)
 
 

@@ -102,7 +102,9 @@ def test_user_text_format_and_holdout():
     names = {"a": "Alpha", "b": "Beta", "c": "Gamma", "d": "Delta", "n": ""}
     inter = _inter({"u1": ["a", "n", "b", "c", "d"], "u2": ["c", "d"], "u3": ["x", "a", "b"]})
     out = T.user_texts(inter, names)
-    assert out["u1"] == "The user has interacted with following items: Alpha, Beta Please conclude the user's preference."
+    assert out["u1"] == (
+        "The user has interacted with following items: Alpha, Beta Please conclude the user's preference."
+    )
     assert out["u2"] == T.USER_PREFIX + T.EMPTY_HISTORY + T.USER_SUFFIX  # everything held out
     assert out["u3"] == T.USER_PREFIX + T.EMPTY_HISTORY + T.USER_SUFFIX  # the only training item has no name
     assert list(out) == ["u1", "u2", "u3"]

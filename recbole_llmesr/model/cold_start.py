@@ -51,7 +51,9 @@ def add_items(model, llm_vectors: torch.Tensor, collab: str = "regression") -> t
     return torch.arange(old, model.n_items, device=llm_vectors.device)
 
 
-def _collab_vectors(model, known: torch.Tensor, ids: torch.Tensor, llm_vectors: torch.Tensor, collab: str) -> torch.Tensor:
+def _collab_vectors(
+    model, known: torch.Tensor, ids: torch.Tensor, llm_vectors: torch.Tensor, collab: str
+) -> torch.Tensor:
     n_new = len(llm_vectors)
     if model.options.id_anchor or collab == "zero":
         return ids.new_zeros(n_new, ids.size(1))

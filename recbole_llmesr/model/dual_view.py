@@ -13,7 +13,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_llmesr.dataset import LLMESRDataset
-from recbole_llmesr.model import cold_start
+from recbole_llmesr.model.cold_start import add_items as add_cold_items
 from recbole_llmesr.model.layers import CrossAttention, attention_mask, init_weights
 from recbole_llmesr.model.objectives import Negatives, build_objective
 from recbole_llmesr.model.options import DualViewOptions, ModelConfigError
@@ -69,22 +69,31 @@ class DualViewRecommender(SequentialRecommender):
             self.register_buffer("llm_item_emb", llm)  # frozen, and saved with the model for serving
         if options.use_semantic_view:
             adapter_hidden = options.adapter_hidden_size or llm.size(1) // 2
-            self.adapter = nn.Sequential(nn.Linear(llm.size(1), adapter_hidden), nn.Linear(adapter_hidden, self.hidden_size))
+            self.adapter = nn.Sequential(
+                nn.Linear(llm.size(1), adapter_hidden), nn.Linear(adapter_hidden, self.hidden_size)
+            )
         if options.use_collab_view:
             self.item_embedding = nn.Embedding(self.n_tokens, self.hidden_size, padding_idx=0)
         encoder = self.build_encoder(config)
         self.encoders = nn.ModuleDict(
-            {view: encoder if options.shared_encoder or i == 0 else copy.deepcopy(encoder) for i, view in enumerate(self.views)}
+            {
+                view: encoder if options.shared_encoder or i == 0 else copy.deepcopy(encoder)
+                for i, view in enumerate(self.views)
+            }
         )
         if options.use_cross_attention and len(self.views) == 2:
-            self.semantic_to_collab = CrossAttention(self.hidden_size, options.cross_attention_heads)  # semantic queries
+            self.semantic_to_collab = CrossAttention(  # semantic queries
+                self.hidden_size, options.cross_attention_heads
+            )
             self.collab_to_semantic = CrossAttention(self.hidden_size, options.cross_attention_heads)
         counts = getattr(dataset, "item_counts", None)  # None when a saved model is rebuilt for serving
         self.objective = build_objective(options, self.n_items, counts, [self.hidden_size] * len(self.views))
         self.teacher = None
         if options.use_distillation:
             fields = (self.USER_ID, self.ITEM_SEQ, self.ITEM_SEQ_LEN)
-            self.teacher = SimilarUserTeacher.from_dataset(dataset, fields, self.n_users, self.hidden_size * len(self.views), options)
+            self.teacher = SimilarUserTeacher.from_dataset(
+                dataset, fields, self.n_users, self.hidden_size * len(self.views), options
+            )
 
         # parameters initialization
         self.apply(lambda m: init_weights(m, self.initializer_range))
@@ -274,9 +283,14 @@ class DualViewRecommender(SequentialRecommender):
             return seq, targets, negatives, tables, self.item_table(tables)
         parts = [seq.new_zeros(1), seq.reshape(-1), targets, negatives.items.reshape(-1)]
         rows, local = torch.unique(torch.cat(parts), return_inverse=True)
-        _, seq, targets, neg = (p.view_as(o) for p, o in zip(local.split([x.numel() for x in parts]), (parts[0], seq, targets, negatives.items)))
+        _, seq, targets, neg = (
+            p.view_as(o)
+            for p, o in zip(local.split([x.numel() for x in parts]), (parts[0], seq, targets, negatives.items))
+        )
         tables = self.view_tables(rows)
-        return seq, targets, Negatives(neg, negatives.pos_offset, negatives.neg_offset), tables, torch.cat(tables, dim=-1)
+        return (
+            seq, targets, Negatives(neg, negatives.pos_offset, negatives.neg_offset), tables, torch.cat(tables, dim=-1)
+        )
 
     def _student(self, hidden, h, item_seq, item_seq_len, tables) -> torch.Tensor:
         """Each row's user representation, from the main pass where it holds it."""
@@ -293,4 +307,4 @@ class DualViewRecommender(SequentialRecommender):
 
     def add_items(self, llm_vectors: torch.Tensor, collab: str = "regression") -> torch.Tensor:
         """Cold-start items known only by their LLM embedding; see ``cold_start.add_items``."""
-        return cold_start.add_items(self, llm_vectors, collab)
+        return add_cold_items(self, llm_vectors, collab)

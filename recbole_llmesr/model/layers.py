@@ -39,15 +39,15 @@ class MultiHeadAttention(nn.Module):
         self.attn_dropout = attn_dropout
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, l, h = x.shape
-        return x.view(b, l, self.n_heads, h // self.n_heads).transpose(1, 2)
+        b, seq_len, h = x.shape
+        return x.view(b, seq_len, self.n_heads, h // self.n_heads).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.query(query)), self._heads(self.key(context)), self._heads(self.value(context))
         dropout = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        b, _, l, _ = out.shape
-        return self.out(out.transpose(1, 2).reshape(b, l, -1))
+        b, _, seq_len, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, seq_len, -1))
 
 
 class TransformerLayer(nn.Module):
@@ -58,7 +58,8 @@ class TransformerLayer(nn.Module):
         self.attention = MultiHeadAttention(hidden_size, n_heads, attn_dropout)
         self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.ffn = nn.Sequential(
-            nn.Linear(hidden_size, inner_size), nn.GELU(), nn.Linear(inner_size, hidden_size), nn.Dropout(hidden_dropout)
+            nn.Linear(hidden_size, inner_size), nn.GELU(),
+            nn.Linear(inner_size, hidden_size), nn.Dropout(hidden_dropout)
         )
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout)
@@ -106,7 +107,9 @@ class GRUEncoder(nn.Module):
         super().__init__()
         hidden = config["hidden_size"]
         self.input_dropout = nn.Dropout(config["dropout_prob"])
-        self.gru = nn.GRU(hidden, config["gru_hidden_size"], num_layers=config["num_layers"], bias=False, batch_first=True)
+        self.gru = nn.GRU(
+            hidden, config["gru_hidden_size"], num_layers=config["num_layers"], bias=False, batch_first=True
+        )
         self.dense = nn.Linear(config["gru_hidden_size"], hidden)
         for name, weight in self.gru.named_parameters():
             nn.init.xavier_uniform_(weight)

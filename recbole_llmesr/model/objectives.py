@@ -50,7 +50,9 @@ class Objective(nn.Module):
         if not self.logit_adjustment:
             return None
         if self.log_prior is None:
-            raise ModelConfigError("logit_adjustment needs the training split's item counts: build the model on train_data.dataset")
+            raise ModelConfigError(
+                "logit_adjustment needs the training split's item counts: build the model on train_data.dataset"
+            )
         return self.logit_adjustment * self.log_prior[: self.n_items]
 
     def sample(self, history: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> Optional[Negatives]:
@@ -58,7 +60,9 @@ class Objective(nn.Module):
         ``valid``: which of the ``[B, T]`` training positions are supervised."""
         return None
 
-    def forward(self, h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, negatives: Optional[Negatives]) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, negatives: Optional[Negatives]
+    ) -> torch.Tensor:
         """Mean loss of the states ``h`` ``[P, D]`` against their ``targets`` (rows of ``items`` ``[R, D]``)."""
         raise NotImplementedError
 
@@ -126,7 +130,9 @@ class SampledSoftmax(Objective):
         offset = torch.zeros(items.shape, device=items.device)
         if self.logq_correction:
             if self.popularity is None:
-                raise ModelConfigError("logq_correction needs the training split's item counts: build the model on train_data.dataset")
+                raise ModelConfigError(
+                    "logq_correction needs the training split's item counts: build the model on train_data.dataset"
+                )
             q = in_batch_share * self.popularity[items] + (1 - in_batch_share) / (self.n_items - 1)
             offset = offset - torch.log(q.clamp(min=1e-12))
         prior = self.prior()

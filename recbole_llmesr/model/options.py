@@ -45,9 +45,13 @@ def number(config, key: str, kind, minimum: Optional[float] = None, below: Optio
     """``config[key]`` as ``kind`` (int or float), at least ``minimum`` and under ``below`` when given."""
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ModelConfigTypeError(f"Config key '{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+        raise ModelConfigTypeError(
+            f"Config key '{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}"
+        )
     if (minimum is not None and value < minimum) or (below is not None and value >= below):
-        bounds = " and ".join(b for b in (f">= {minimum}" if minimum is not None else "", f"< {below}" if below is not None else "") if b)
+        bounds = " and ".join(
+            b for b in (f">= {minimum}" if minimum is not None else "", f"< {below}" if below is not None else "") if b
+        )
         raise ModelConfigError(f"Config key '{key}' must be {bounds}; got {value!r}")
     return kind(value)
 
@@ -128,7 +132,9 @@ class DualViewOptions:
         if self.id_anchor and self.id_init != "pca":
             raise ModelConfigError("id_anchor keeps the PCA map of id_init: pca trainable; it needs id_init: pca")
         if self.id_dropout and not self.id_anchor:
-            raise ModelConfigError(f"id_dropout drops the residual of id_anchor: it needs id_anchor: True; got {self.id_dropout}")
+            raise ModelConfigError(
+                f"id_dropout drops the residual of id_anchor: it needs id_anchor: True; got {self.id_dropout}"
+            )
 
     @property
     def views(self) -> Tuple[str, ...]:

@@ -87,7 +87,9 @@ class SimilarUserTeacher(nn.Module):
         else:  # the official code's online teacher: encode the N similar users with every batch
             with torch.no_grad():
                 flat = neighbors.reshape(-1)
-                reps = encoder.forward(self.teacher_seq[flat], self.teacher_len[flat].clamp(min=1)).view(*neighbors.shape, -1)
+                reps = encoder.forward(
+                    self.teacher_seq[flat], self.teacher_len[flat].clamp(min=1)
+                ).view(*neighbors.shape, -1)
         weights = valid.unsqueeze(-1).float()
         mean = (reps * weights).sum(1) / weights.sum(1).clamp(min=1)
         return mean.detach(), valid.any(1)
