@@ -8,6 +8,8 @@ import torch
 from recbole.config import Config
 
 from recbole_llmesr.compat import apply_numpy_shim
+from recbole_llmesr.config_checks import RECBOLE_CONFIG_ERRORS, check_config, recbole_error, warn_unknown_keys
+from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.evaluation import add_group_metrics, paper_sample_num, register_metrics
 from recbole_llmesr.prep.embedders.redact import redact_url
 from recbole_llmesr.prep.readers import ml100k_dir
@@ -37,11 +39,26 @@ class LLMESRConfig(Config):
     Precedence is RecBole's: command line > ``config_dict`` > ``config_file_list`` > plugin YAML
     (``properties/overall.yaml``, ``properties/model/<Model>.yaml``, ``properties/dataset/<dataset>.yaml``)
     > RecBole's own YAML.
+
+    Every setting is checked before any data is loaded (:mod:`recbole_llmesr.config_checks`): a value out of
+    range is a :class:`~recbole_llmesr.config_checks.ConfigError` naming the key, RecBole's own complaints are
+    reported as one too, and a key that nothing reads gets an ``UnknownKeyWarning`` with the close matches.
     """
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
-        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        try:
+            super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        except LLMESRError:
+            raise
+        except RECBOLE_CONFIG_ERRORS as err:
+            raise recbole_error(err, config_file_list) from err
         self._hide_url_credentials()
+        warn_unknown_keys(self, properties_dir(), config_file_list)
+        from recbole_llmesr.model.dual_view import DualViewRecommender
+
+        check_config(self, uses_dual_view=isinstance(self.model_class, type)
+                     and issubclass(self.model_class, DualViewRecommender),
+                     uses_llm_artifacts=bool(getattr(self.model_class, "uses_llm_artifacts", False)))
 
     def _hide_url_credentials(self) -> None:
         """Keep the ``user:password@`` of URL values (``embedder_base_url``) out of ``final_config_dict``:

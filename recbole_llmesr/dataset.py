@@ -6,6 +6,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 
 from recbole_llmesr.prep import artifacts
+from recbole_llmesr.prep.freshness import changed_file
 
 
 class LLMESRDataset(SequentialDataset):
@@ -36,18 +37,20 @@ class LLMESRDataset(SequentialDataset):
         manifest = artifacts.read_manifest(data_dir, name) or {}
         if self._needs_item_embeddings(config):
             path = artifacts.artifact_path(data_dir, name, artifacts.ITEM_EMB)
+            _check_hash(path, manifest, name)
             tokens, emb = artifacts.load_embeddings(path, expected_dim=manifest.get("dim"))
             aligned = artifacts.align_rows(tokens, emb, self.field2id_token[self.iid_field], "item", path)
             self.llm_item_emb = torch.from_numpy(aligned)
         if config["use_distillation"]:
-            self.sim_users = self._load_sim_users(data_dir, name)
+            self.sim_users = self._load_sim_users(data_dir, name, manifest)
 
     @staticmethod
     def _needs_item_embeddings(config) -> bool:
         return bool(config["use_semantic_view"]) or config["id_init"] == "pca"
 
-    def _load_sim_users(self, data_dir, name) -> torch.Tensor:
+    def _load_sim_users(self, data_dir, name, manifest) -> torch.Tensor:
         path = artifacts.artifact_path(data_dir, name, artifacts.SIM_USERS)
+        _check_hash(path, manifest, name)
         tokens, neighbors = artifacts.load_neighbors(path)
         id2token = self.field2id_token[self.uid_field]
         token2id = {t: i for i, t in enumerate(id2token)}
@@ -93,6 +96,17 @@ class LLMESRDataset(SequentialDataset):
         rows = longest_prefix_rows(uid, train.inter_feat[self.item_list_length_field].numpy())
         getLogger().info(f"train_mode=sequence: {len(uid)} prefix rows -> {len(rows)} user sequences")
         return train.copy(train.inter_feat[torch.from_numpy(rows)])
+
+
+def _check_hash(path, manifest: dict, name: str) -> None:
+    """Refuse an artefact that is not the file its manifest describes (the runner rebuilds such files first;
+    this catches the ones it did not see, e.g. swapped after preparation)."""
+    digest = (manifest.get("files") or {}).get(path.name)
+    if digest is not None and path.is_file() and changed_file(path.parent, {path.name: digest}) is not None:
+        raise artifacts.ArtifactError(
+            f"{path} is not the file its manifest {artifacts.artifact_path(path.parent, name, artifacts.MANIFEST)} "
+            f"describes (its sha256 differs: edited, or copied in from another dataset); rebuild it with "
+            f"`llmesr-prepare --force`, or run run_recbole again, which rebuilds it")
 
 
 def longest_prefix_rows(uid: np.ndarray, length: np.ndarray) -> np.ndarray:

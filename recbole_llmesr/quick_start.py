@@ -9,6 +9,7 @@ from collections.abc import MutableMapping
 from logging import getLogger
 from typing import Any, Dict, List, Optional, Union
 
+import numpy as np
 import torch.distributed as dist
 from recbole.utils import ensure_dir, get_environment, init_logger, init_seed, set_color
 
@@ -16,7 +17,10 @@ from recbole_llmesr.config import LLMESRConfig
 from recbole_llmesr.evaluation import data_preparation
 from recbole_llmesr.prep.embedders.redact import redact_url
 from recbole_llmesr.prep.from_config import ensure_prepared
-from recbole_llmesr.registry import create_dataset, get_model, get_trainer
+from recbole_llmesr.prep.readers import EmptyDatasetError
+from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.registry import DatasetLoadError, create_dataset, get_model, get_trainer
+from recbole_llmesr.trainer import resume_file
 
 
 def run(
@@ -60,6 +64,9 @@ def run_recbole(
 ) -> dict:
     """Train ``model`` on ``dataset``, reload the best checkpoint and test it.
 
+    Config key ``resume`` (a checkpoint path, or ``auto`` for the newest interrupted run of this model and
+    dataset) continues an earlier training instead of starting afresh.
+
     Returns RecBole's result dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``
     and ``test_result``, plus ``history``: one ``{epoch, train_s, valid_score}`` per validation, with
     cumulative training seconds (validation time excluded).
@@ -76,13 +83,19 @@ def run_recbole(
 
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = split_dataset(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    resume = resume_file(config)
+    if resume is not None:
+        trainer.resume_checkpoint(resume)
+    elif config["resume"]:
+        logger.info(f"resume={config['resume']}: no interrupted run of {config['model']} on {config['dataset']} in "
+                    f"{config['checkpoint_dir']}; training from the start")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -112,6 +125,36 @@ def run_recbole(
     return result
 
 
+def split_dataset(config, dataset) -> tuple:
+    """:func:`~recbole_llmesr.evaluation.data_preparation`, with an :class:`EmptyDatasetError` naming the split
+    setting and the users' history lengths when a split comes out empty (RecBole fails on an empty training
+    split with ``num_samples=0`` and tests an empty test split as ``None``)."""
+    uid = np.asarray(dataset.inter_feat[dataset.uid_field], dtype=np.int64)  # a DataFrame until build()
+    lengths = np.bincount(uid)[np.unique(uid)] if len(uid) else np.zeros(1, dtype=np.int64)
+
+    def empty(which: str) -> EmptyDatasetError:
+        return EmptyDatasetError(
+            f"dataset {config['dataset']!r} in {config['data_path']}: the {which} split is empty "
+            f"(eval_args.split={config['eval_args']['split']}; {len(lengths)} users with {int(lengths.min())} to "
+            f"{int(lengths.max())} interactions each). Leave-one-out needs users with at least 3 interactions "
+            f"(4 for sequential models, whose first item is never a target): add data, or use a ratio split "
+            f"such as eval_args.split={{'RS': [0.8, 0.1, 0.1]}}")
+
+    try:
+        splits = data_preparation(config, dataset)
+    except ValueError as err:
+        if isinstance(err, LLMESRError):
+            raise
+        if "num_samples" not in str(err):
+            raise DatasetLoadError(f"dataset {config['dataset']!r}: RecBole could not split it with eval_args="
+                                   f"{config['eval_args']}: {err}") from err
+        raise empty("training") from err
+    for which, loader in zip(("training", "validation", "test"), splits):
+        if loader is not None and len(loader._dataset) == 0:
+            raise empty(which)
+    return splits
+
+
 def evaluate_with_mode(config, trainer, mode: str) -> dict:
     """Test the trainer's current model with test ``eval_args.mode`` set to ``mode`` (e.g. ``full``).
 
@@ -119,7 +162,7 @@ def evaluate_with_mode(config, trainer, mode: str) -> dict:
     ids depend only on the files, so they match the model's.
     """
     with config.test_mode(mode):
-        _, _, test_data = data_preparation(config, create_dataset(config))
+        _, _, test_data = split_dataset(config, create_dataset(config))
         if not config["single_spec"]:  # DDP: rank 0 scores the whole split, as for the main test
             return trainer.evaluate_on_rank0(test_data, config["show_progress"])
         return trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])

@@ -106,24 +106,36 @@ def get_trainer(model_type: ModelType, model_name: str) -> type:
     return type(f"Safe{base.__name__}", (SafeCheckpointMixin, base), {})
 
 
+class DatasetLoadError(LLMESRError, ValueError):
+    """RecBole could not load a dataset's atomic files."""
+
+
 def create_dataset(config):
-    """Build the dataset: the model's own ``dataset_class`` if it declares one, else RecBole's choice."""
+    """Build the dataset: the model's own ``dataset_class`` if it declares one, else RecBole's choice.
+
+    The atomic files are checked first (:func:`~recbole_llmesr.prep.from_config.check_dataset_files`), so
+    that what RecBole would misread fails with file and line; RecBole's own ``ValueError``s are reported as
+    :class:`DatasetLoadError` naming the dataset's folder."""
+    from recbole_llmesr.prep.from_config import check_dataset_files
+    from recbole_llmesr.prep.readers import EmptyDatasetError
+
+    check_dataset_files(config)
     model_class = plugin_models().get(config["model"])
     dataset_class = getattr(model_class, "dataset_class", None)
     if dataset_class is None:
         from recbole.data import create_dataset as dataset_class
     try:
         return dataset_class(config)
+    except LLMESRError:
+        raise
     except ValueError as err:
+        where = f"dataset {config['dataset']!r} in {config['data_path']}"
         if "Some feat is empty" not in str(err):
-            raise
+            raise DatasetLoadError(f"{where}: RecBole could not load it: {err}") from err
         # RecBole's own words name neither the dataset nor the settings that emptied it.
-        from recbole_llmesr.prep.readers import EmptyDatasetError
-
         settings = {k: config[k] for k in ("user_inter_num_interval", "item_inter_num_interval", "val_interval")
                     if config[k] is not None}
         raise EmptyDatasetError(
-            f"dataset {config['dataset']!r} in {config['data_path']}: no interactions (or no users / items) are "
-            f"left after RecBole's loading and filtering ({settings or 'no filters set'}); check the .inter file "
-            f"and loosen these settings"
+            f"{where}: no interactions (or no users / items) are left after RecBole's loading and filtering "
+            f"({settings or 'no filters set'}); check the .inter file and loosen these settings"
         ) from err

@@ -8,11 +8,14 @@ never execute code, and a file that carries arbitrary pickled objects is refused
 The mixin also installs the long-tail group metrics' collector and the fast sampled-evaluation path
 (``recbole_llmesr.evaluation``).
 """
+import glob
 import os
 import pickle
+import random
 import time
-from typing import List
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from recbole.trainer import Trainer as RecBoleTrainer
@@ -21,12 +24,85 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recbole_llmesr.compat import disable_anomaly_mode
 from recbole_llmesr.errors import LLMESRError
-from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.fileio import atomic_write, stale_temporaries
 from recbole_llmesr.evaluation import GroupCollector, sampled_scores, scores_by_dot_product
 
 
 class UnsafeCheckpointError(LLMESRError, RuntimeError):
     """A checkpoint holds objects other than tensors and plain data."""
+
+
+class ResumeError(LLMESRError, ValueError):
+    """A checkpoint cannot be resumed by this run (missing, another model, other shapes)."""
+
+
+#: Suffix of the per-epoch checkpoint beside the best one (``saved/<Model>-<time>.pth``): not ``.pth``, so
+#: that globs for best models never pick it up.
+LAST_SUFFIX = ".last.pt"
+#: Settings that may differ between an interrupted run and its resumption without changing what is trained.
+_RUN_ONLY_KEYS = {"resume", "epochs", "show_progress", "state", "gpu_id", "use_gpu", "device", "checkpoint_dir",
+                  "data_path", "eval_batch_size", "worker", "local_rank", "single_spec", "log_wandb", "nproc",
+                  "world_size", "ip", "port", "offset", "config_files", "stopping_step", "extra_test_modes"}
+
+
+def last_checkpoint_name(best_file: str) -> str:
+    """The per-epoch checkpoint that goes with the best checkpoint ``best_file``."""
+    stem = best_file[: -len(".pth")] if best_file.endswith(".pth") else best_file
+    return stem + LAST_SUFFIX
+
+
+def interrupted_runs(checkpoint_dir: str, model: str, dataset: str) -> List[str]:
+    """The per-epoch checkpoints of unfinished runs of ``model`` on ``dataset`` in ``checkpoint_dir``, newest
+    first (a run that finishes removes its own)."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), f"{glob.escape(model)}-*{LAST_SUFFIX}")):
+        try:
+            config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+        except Exception:  # noqa: BLE001 - an unreadable file is not a run to resume
+            continue
+        if config.get("model") == model and config.get("dataset") == dataset:
+            found.append(path)
+    return sorted(found, key=os.path.getmtime, reverse=True)
+
+
+def resume_file(config) -> Optional[str]:
+    """The checkpoint that config key ``resume`` names: None (start afresh), a path, or ``auto`` = the newest
+    interrupted run of this model and dataset (None when there is none)."""
+    value = config["resume"]
+    if value is None or value == "":
+        return None
+    if str(value).lower() == "auto":
+        runs = interrupted_runs(config["checkpoint_dir"], config["model"], config["dataset"])
+        return runs[0] if runs else None
+    if not os.path.isfile(value):
+        raise ResumeError(f"resume={value}: file not found; an interrupted run leaves "
+                          f"{os.path.join(config['checkpoint_dir'], config['model'] + '-<time>' + LAST_SUFFIX)}, "
+                          f"and resume=auto finds the newest")
+    return str(value)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [list(part) if isinstance(part, tuple) else part for part in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -126,6 +202,11 @@ class SafeCheckpointMixin:
         self.history: List[dict] = []
         self.train_seconds = 0.0
         self._epoch = -1
+        #: Written at the start of every epoch after the first with the state at the end of the one before
+        #: (model, optimizer, early stopping, history, random generators): a killed run loses one epoch at most.
+        self.last_checkpoint_file = last_checkpoint_name(self.saved_model_file)
+        self._saving = True
+        self._resumed_rng: Optional[Dict] = None
         self.eval_collector = GroupCollector(config)
         # One encoder pass per user instead of one per candidate, where the scores allow it.
         self.fast_sampled_eval = (
@@ -135,6 +216,10 @@ class SafeCheckpointMixin:
         )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if self._resumed_rng is not None:
+            self._restore_generators(train_data)
+        elif self._saving and epoch_idx > self.start_epoch:
+            self._save_last_checkpoint(train_data)
         start = time.perf_counter()
         # Models with per-epoch state (the LLM-ESR teacher memory bank) refresh it here.
         hook = getattr(self.model, "on_epoch_start", None)
@@ -155,10 +240,46 @@ class SafeCheckpointMixin:
 
     def fit(self, *args, **kwargs):
         # *args: model-specific trainers (KG, pretraining, ...) take their own fit arguments.
+        self._saving = kwargs.get("saved", True)
         result = super().fit(*args, **kwargs)
         if self.config["save_rank_states"]:
             self._save_rank_state()
+        # Finished: the checkpoint for resuming has done its job, and resume=auto must not find this run.
+        if self.config["single_spec"] or self.config["local_rank"] == 0:
+            for path in [self.last_checkpoint_file, *stale_temporaries(self.last_checkpoint_file)]:
+                if os.path.isfile(path):
+                    os.unlink(path)
         return result
+
+    def _save_last_checkpoint(self, train_data) -> None:
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = self._checkpoint_state(self._epoch)
+        state.update({
+            "kind": "last",
+            "best_model_file": self.saved_model_file,
+            "best_valid_result": None if self.best_valid_result is None
+            else {k: float(v) for k, v in self.best_valid_result.items()},
+            "history": [dict(h) for h in self.history],
+            "train_seconds": float(self.train_seconds),
+            "rng": _rng_state(),
+            # Buffers outside the state dict (the teacher's memory bank under teacher_update: batch).
+            "buffers": {k: v.detach().cpu() for k, v in self.model.named_buffers()
+                        if k not in self.model.state_dict()},
+        })
+        generator = getattr(train_data, "generator", None)
+        if generator is not None:
+            state["train_generator"] = generator.get_state()
+        atomic_write(self.last_checkpoint_file, lambda f: torch.save(state, f))
+
+    def _restore_generators(self, train_data) -> None:
+        saved, self._resumed_rng = self._resumed_rng, None
+        if not self.config["single_spec"]:
+            return  # each DDP rank has its own streams; rank 0's would make them all alike
+        _set_rng_state(saved["rng"])
+        generator = getattr(train_data, "generator", None)
+        if generator is not None and saved.get("train_generator") is not None:
+            generator.set_state(saved["train_generator"])
 
     def _save_rank_state(self) -> None:
         """Write this rank's final parameters to ``<checkpoint_dir>/rank<k>-final.pt`` (``save_rank_states``).
@@ -192,21 +313,46 @@ class SafeCheckpointMixin:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
     def resume_checkpoint(self, resume_file):
+        """Continue training from ``resume_file``: a per-epoch checkpoint (:data:`LAST_SUFFIX`, everything of the
+        interrupted run, random generators included) or a best checkpoint (model, optimizer and early stopping
+        only; its later best models overwrite it, as in RecBole)."""
         resume_file = str(resume_file)
-        self.saved_model_file = resume_file
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        trained = checkpoint.get("config") or {}
+        if str(trained.get("model", "")).lower() != str(self.config["model"]).lower():
+            raise ResumeError(f"{resume_file} was trained with model {trained.get('model')}, not "
+                              f"{self.config['model']}: resume it with --model={trained.get('model')}")
+        current = self.config.to_dict() if hasattr(self.config, "to_dict") else {}
+        changed = sorted(k for k in set(trained) & set(current) if k not in _RUN_ONLY_KEYS and trained[k] != current[k])
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            shown = ", ".join(f"{k}: {trained[k]!r} then, {current[k]!r} now" for k in changed[:5])
+            raise ResumeError(f"{resume_file} does not fit this model ({shown or 'same settings'}); resume with the "
+                              f"settings it was trained with. Detail: {' '.join(str(err).split())[:300]}") from err
+        if changed:
+            self.logger.warning(f"Resuming {resume_file} with settings that differ from its run: {', '.join(changed)}")
+        self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            self.logger.warning(
-                f"Checkpoint {resume_file} was trained with model {checkpoint['config']['model']}, "
-                f"not {self.config['model']}; loading its state_dict may fail."
-            )
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        if checkpoint.get("kind") == "last":
+            self.last_checkpoint_file = resume_file
+            self.saved_model_file = checkpoint["best_model_file"]
+            self.best_valid_result = checkpoint["best_valid_result"]
+            self.history = list(checkpoint["history"])
+            self.train_seconds = checkpoint["train_seconds"]
+            self._epoch = checkpoint["epoch"]
+            buffers = dict(self.model.named_buffers())
+            for name, value in checkpoint.get("buffers", {}).items():
+                if name in buffers and buffers[name].shape == value.shape:
+                    buffers[name].copy_(value)
+            self._resumed_rng = {"rng": checkpoint["rng"], "train_generator": checkpoint.get("train_generator")}
+        else:
+            self.saved_model_file = resume_file
+            self.last_checkpoint_file = last_checkpoint_name(resume_file)
+        self.logger.info(f"Checkpoint {resume_file} loaded. Resume training from epoch {self.start_epoch}")
 
     def _neg_sample_batch_eval(self, batched_data):
         if not self.fast_sampled_eval:

@@ -15,7 +15,7 @@ LAYERS = {
     "model": 3, "evaluation": 3,
     "trainer": 4,
     "registry": 5,
-    "config": 6,
+    "config": 6, "config_checks": 6,
     "quick_start": 7, "compare": 7, "recommend": 7,
     "cli": 8,
 }

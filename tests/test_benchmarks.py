@@ -26,7 +26,7 @@ def test_train_cost_smoke(tiny, tmp_path):
 
 def test_train_cost_peak_rss_subprocess(tiny):
     base = train_cost.prepare("tiny", tiny["config"])
-    assert train_cost.peak_rss_mb("backbone_sequence", "tiny", base, 1) > 0
+    assert train_cost.peak_rss_mb("backbone_default", "tiny", base, 1) > 0
 
 
 def test_retrieval_cost_smoke(tmp_path):

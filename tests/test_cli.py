@@ -44,8 +44,9 @@ def test_every_package_error_is_one_line_and_status_2(capsys):
 
     assert run_tool("some-tool", fail(LLMESRError("bad input\n  on two lines"))) == 2
     assert capsys.readouterr().err == "some-tool: error: bad input on two lines\n"
-    with pytest.raises(RuntimeError):  # anything else is a bug: its traceback is shown
-        run_tool("some-tool", fail(RuntimeError("bug")))
+    assert run_tool("some-tool", fail(RuntimeError("bug"))) == 1  # anything else is a bug: its traceback is shown
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: bug" in err and "please report" in err.lower()
 
 
 # ----------------------------------------------------------------------------------- llmesr-prepare

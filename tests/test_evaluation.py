@@ -54,7 +54,8 @@ def _struct(seq_len, pos_item, item_pop):
 
 def _metric_config(**extra):
     settings = {
-        "topk": [1, 3], "metrics": ["Hit", "NDCG", "MRR"], "group_split": "threshold", "ts_user": 5, "ts_item": 4
+        "topk": [1, 3], "metrics": ["Hit", "NDCG", "MRR"], "valid_metric": "MRR@3", "group_split": "threshold",
+        "ts_user": 5, "ts_item": 4,
     }
     return LLMESRConfig(model="SASRec", dataset="tiny", config_dict={**settings, **extra})
 

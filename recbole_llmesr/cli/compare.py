@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from recbole_llmesr.cli.common import run_tool
+from recbole_llmesr.cli.common import add_debug_flag, run_tool
 
 PROG = "llmesr-compare"
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config_files", default=None, help="space-separated YAML files for every run")
     parser.add_argument("--override", action="append", default=[], metavar="MODEL:KEY=VALUE",
                         help="setting for one model only, repeatable, e.g. --override=SASRec:epochs=3")
+    add_debug_flag(parser)
     return parser
 
 
@@ -54,7 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(markdown_table(report))
         return 0
 
-    return run_tool(PROG, body)
+    return run_tool(PROG, body, debug=args.debug,
+                    interrupted="interrupted; finished runs are saved, run the same command to resume")
 
 
 if __name__ == "__main__":

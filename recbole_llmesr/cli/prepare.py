@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from recbole_llmesr.cli.common import run_tool
+from recbole_llmesr.cli.common import add_debug_flag, run_tool
 from recbole_llmesr.prep.inputs import DEFAULT_FILTERS, SOURCES
 from recbole_llmesr.prep.pipeline import DEFAULT_OUT_ROOT, prepare
 from recbole_llmesr.prep.readers import DEFAULT_CORE, FILTER_MODES
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only count texts/tokens and estimate the cost; write nothing")
     r.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
+    add_debug_flag(r)
     return p
 
 
@@ -192,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     # Plain ValueError and KeyError too: the readers' and pandas' messages about a malformed input name it.
-    return run_tool(PROG, body, also=(ValueError, KeyError),
+    return run_tool(PROG, body, also=(ValueError, KeyError), debug=args.debug,
                     interrupted="interrupted (embeddings finished so far are cached; rerun to resume)")
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from recbole_llmesr.cli.common import run_tool
+from recbole_llmesr.cli.common import add_debug_flag, run_tool
 
 PROG = "llmesr-recommend"
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-history", action="store_true", help="do not exclude the user's own items")
     p.add_argument("--batch-size", type=int, default=1024, help="users scored per batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_flag(p)
     return p
 
 
@@ -80,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     # KeyError: a manifest or checkpoint config without a key the request needs.
-    return run_tool(PROG, body, also=(KeyError,))
+    return run_tool(PROG, body, also=(KeyError,), debug=args.debug)
 
 
 if __name__ == "__main__":

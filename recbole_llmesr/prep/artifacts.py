@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from recbole_llmesr.errors import LLMESRError
-from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.fileio import StagedFiles, atomic_write
 
 ITEM_EMB = "item_emb.npz"
 USER_EMB = "user_emb.npz"
@@ -38,13 +38,22 @@ def artifact_path(data_dir: PathLike, dataset: str, kind: str) -> Path:
     return Path(data_dir) / f"{dataset}.{kind}"
 
 
-def save_embeddings(path: PathLike, tokens: Sequence[str], embeddings: np.ndarray) -> None:
-    """Write ``tokens`` and their float32 ``embeddings`` (one row each) atomically."""
+def _write(path: Path, write, stage: Optional[StagedFiles]) -> None:
+    if stage is None:
+        atomic_write(path, write)
+    else:
+        stage.write(path, write)
+
+
+def save_embeddings(path: PathLike, tokens: Sequence[str], embeddings: np.ndarray,
+                    stage: Optional[StagedFiles] = None) -> None:
+    """Write ``tokens`` and their float32 ``embeddings`` (one row each) atomically (or into ``stage``, to be
+    renamed into place with the files staged beside it)."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     tokens = np.asarray([str(t) for t in tokens], dtype=np.str_)
     if embeddings.ndim != 2 or len(tokens) != len(embeddings):
         raise ArtifactError(f"{path}: {len(tokens)} tokens for embeddings of shape {embeddings.shape}")
-    atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, embeddings=embeddings))
+    _write(Path(path), lambda f: np.savez(f, tokens=tokens, embeddings=embeddings), stage)
 
 
 def _load_pair(path: Path, values: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -76,11 +85,12 @@ def load_embeddings(path: PathLike, expected_dim: Optional[int] = None) -> Tuple
     return tokens, emb.astype(np.float32, copy=False)
 
 
-def save_neighbors(path: PathLike, tokens: Sequence[str], neighbors: np.ndarray) -> None:
-    """Write ``tokens`` and their int64 neighbour rows atomically."""
+def save_neighbors(path: PathLike, tokens: Sequence[str], neighbors: np.ndarray,
+                   stage: Optional[StagedFiles] = None) -> None:
+    """Write ``tokens`` and their int64 neighbour rows atomically (or into ``stage``)."""
     neighbors = np.asarray(neighbors, dtype=np.int64)
     tokens = np.asarray([str(t) for t in tokens], dtype=np.str_)
-    atomic_write(Path(path), lambda f: np.savez(f, tokens=tokens, neighbors=neighbors))
+    _write(Path(path), lambda f: np.savez(f, tokens=tokens, neighbors=neighbors), stage)
 
 
 def load_neighbors(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
@@ -108,10 +118,10 @@ def read_manifest(data_dir: PathLike, dataset: str) -> Optional[dict]:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from err
 
 
-def write_manifest(data_dir: PathLike, dataset: str, manifest: dict) -> None:
-    """Write the dataset's manifest atomically."""
+def write_manifest(data_dir: PathLike, dataset: str, manifest: dict, stage: Optional[StagedFiles] = None) -> None:
+    """Write the dataset's manifest atomically (or into ``stage``)."""
     text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-    atomic_write(artifact_path(data_dir, dataset, MANIFEST), lambda f: f.write(text))
+    _write(artifact_path(data_dir, dataset, MANIFEST), lambda f: f.write(text), stage)
 
 
 def align_rows(tokens: np.ndarray, vectors: np.ndarray, id2token: Sequence[str], what: str,

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional
 
+from recbole_llmesr.fileio import DISK_ERRNOS, write_error
 from recbole_llmesr.prep import artifacts
 from recbole_llmesr.prep.embedders import redact_url
 from recbole_llmesr.prep.settings import PrepareSettings
@@ -98,12 +99,22 @@ def stale_reason(data_dir: Any, name: str, settings: Mapping[str, Any]) -> Optio
             raise ValueError(f"is_fresh: unknown setting {key!r}; expected some of {FRESH_KEYS}")
         if canon(manifest.get(key)) != canon(value):
             return f"{key} changed ({manifest.get(key)!r} -> {value!r})"
+    return changed_file(data_dir, files)
+
+
+#: How :func:`changed_file` ends its answer for a file whose bytes are not the ones the manifest hashed.
+MODIFIED = "was modified"
+
+
+def changed_file(data_dir: Any, files: Mapping[str, str]) -> Optional[str]:
+    """The first of ``files`` (manifest ``{file name: sha256}``) that is missing from ``data_dir`` or whose
+    bytes have another sha256, as ``"<name> is missing"`` / ``"<name> was modified"``; None if all match."""
     for fname, digest in files.items():
-        path = data_dir / fname
+        path = Path(data_dir) / fname
         if Path(fname).name != fname or not path.is_file():
             return f"{fname} is missing"
         if sha256_file(path) != digest:
-            return f"{fname} was modified"
+            return f"{fname} {MODIFIED}"
     return None
 
 
@@ -117,15 +128,24 @@ def dataset_lock(folder: Any) -> Iterator[Path]:
     """Exclusive ``flock`` on ``<folder>/.llmesr.lock`` (created if needed, never deleted: deleting a
     lock file races with processes waiting on it). Released when the block exits or the process dies."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        # Only a build takes the lock: fresh artefacts in a read-only folder are used without it.
+        raise write_error(path, err, hint="(the LLM artefacts of this dataset must be built there), or build "
+                                          "them elsewhere with `llmesr-prepare --out <writable folder>` and "
+                                          "point data_path at it") from err
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
+        os.close(fd)
         logger.warning("no fcntl on this platform: concurrent prepare runs on %s are not serialised", folder)
         yield path
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from recbole_llmesr.prep import artifacts
+from recbole_llmesr.prep.inputs import check_in_place
 from recbole_llmesr.prep.pipeline import DEFAULT_OUT_ROOT, prepare_folder
 from recbole_llmesr.prep.readers import ml100k_dir
 from recbole_llmesr.prep.settings import PrepareSettings
@@ -98,6 +99,18 @@ def _data_root(config: Any) -> str:
     return DEFAULT_OUT_ROOT
 
 
+def _reader_fields(config: Any) -> Dict[str, str]:
+    """The atomic reader's field-name inputs for the fields the config names."""
+    return {field: _get(config, key) for key, field in _FIELD_KEYS if _get(config, key)}
+
+
+def check_dataset_files(config: Any) -> None:
+    """Refuse atomic files of ``config["dataset"]`` that RecBole would misread, with file and line
+    (:mod:`recbole_llmesr.prep.readers.check`); absent files are RecBole's to report."""
+    check_in_place(Path(config["data_path"]), config["dataset"], _reader_fields(config),
+                   sep=_get(config, "field_separator") or "\t", encoding=_get(config, "encoding") or "utf-8")
+
+
 def ensure_prepared(config: Any) -> None:
     """Make sure ``config["data_path"]`` holds fresh LLM artefacts for ``config["dataset"]``; build them if
     not, with the settings of :func:`settings_from_config`.
@@ -109,6 +122,7 @@ def ensure_prepared(config: Any) -> None:
     """
     name = config["dataset"]
     data_path = Path(config["data_path"])
+    check_dataset_files(config)
     needed = needed_artifacts(config)
     if not needed:
         logger.info("%s: this configuration uses no LLM artefacts (no semantic view, no PCA init, no "
@@ -135,8 +149,5 @@ def ensure_prepared(config: Any) -> None:
             logger.info("%s: using the LLM artefacts in %s as they are (no manifest: not built by llmesr-prepare)",
                         name, data_path)
             return
-    inputs = {"inter": str(data_path)}
-    for key, field in _FIELD_KEYS:
-        if _get(config, key):
-            inputs[field] = _get(config, key)
+    inputs = {"inter": str(data_path), **_reader_fields(config)}
     prepare_folder(name, data_path, dataclasses.replace(settings, inputs=inputs))

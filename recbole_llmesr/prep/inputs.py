@@ -53,6 +53,17 @@ def atomic_location(path: Any, name: str) -> Tuple[Path, str]:
     raise FileNotFoundError(f"{p}: file not found")
 
 
+def check_in_place(folder: Path, name: str, inputs: Mapping[str, Any], sep: str = "\t",
+                   encoding: str = "utf-8-sig") -> None:
+    """:func:`~recbole_llmesr.prep.readers.check_atomic_file` on the ``.inter`` / ``.item`` / ``.user`` files of
+    ``name`` in ``folder``, with the id fields named in ``inputs`` (the atomic reader's ``user_field`` ...)."""
+    user, item = inputs.get("user_field") or USER, inputs.get("item_field") or ITEM
+    for suffix, ids in (("inter", (user, item)), ("item", (item,)), ("user", (user,))):
+        path = Path(folder) / f"{name}.{suffix}"
+        if path.is_file():
+            readers.check_atomic_file(path, sep, encoding, ids, inputs.get("time_field") or TIME)
+
+
 def _need(inputs: Mapping[str, Any], source: str, *keys: str) -> List[Any]:
     missing = [k for k in keys if not inputs.get(k)]
     if missing:
@@ -78,11 +89,13 @@ def read_source(name: str, source: str, inputs: Mapping[str, Any], out_dir: Path
         location, stem = atomic_location(path, name)
         if source == "atomic":
             fields = {k: inputs[k] for k in _ATOMIC_FIELDS if inputs.get(k)}
-            ds = readers.read_atomic(location, stem, progress=progress, **fields)
             inter_dir = location if location.is_dir() else location.parent
             inter_file = readers.find_data_file(str(inter_dir), stem, "inter")
             in_place = (stem == name and inter_file is not None and not inter_file.endswith(".gz")
                         and os.path.realpath(inter_dir) == os.path.realpath(out_dir))
+            if in_place:  # RecBole will read these very files: what it would misread fails here, not later
+                check_in_place(out_dir, name, fields)
+            ds = readers.read_atomic(location, stem, progress=progress, **fields)
         else:
             ds = readers.read_beauty_benchmark(location, stem, progress=progress)
     elif source in ("amazon2014", "amazon2018", "amazon2023"):

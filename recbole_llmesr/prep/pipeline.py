@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.fileio import StagedFiles, staged_files
 from recbole_llmesr.prep import artifacts, readers
 from recbole_llmesr.prep import text as T
 from recbole_llmesr.prep.embedders import (
@@ -52,6 +52,7 @@ from recbole_llmesr.prep.embedders import (
 from recbole_llmesr.prep.freshness import (
     ARTEFACT_KINDS,
     FORMAT,
+    MODIFIED,
     canon,
     data_hash,
     dataset_lock,
@@ -159,7 +160,11 @@ def prepare_folder(name: str, out_dir: Path, settings: PrepareSettings) -> Dict[
             if reason is None:
                 logger.info("%s: LLM artefacts in %s are up to date", name, out_dir)
                 return artifacts.read_manifest(out_dir, name)
-            logger.info("%s: building LLM artefacts in %s (%s)", name, out_dir, reason)
+            if reason.endswith(MODIFIED):  # someone replaced a built file: say so louder than a rebuild
+                logger.warning("%s: %s since it was built (its sha256 differs from the manifest's: edited, or "
+                               "copied in from elsewhere); rebuilding the LLM artefacts in %s", name, reason, out_dir)
+            else:
+                logger.info("%s: building LLM artefacts in %s (%s)", name, out_dir, reason)
 
         with dataset_lock(out_dir):
             if not settings.force and is_fresh(out_dir, name, fresh):
@@ -219,13 +224,6 @@ def _dry_run(name: str, settings: PrepareSettings, request: Dict[str, Any], cach
 def _build(name: str, out_dir: Path, emb: Embedder, request: Dict[str, Any], fresh: Dict[str, Any],
            settings: PrepareSettings, cache_root: Path, data: readers.RawDataset, texts: T.DatasetTexts,
            staged: List[Path], filters: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    # The old manifest goes first: from here until the new one is written, nothing claims completeness.
-    manifest_path = artifacts.artifact_path(out_dir, name, artifacts.MANIFEST)
-    with contextlib.suppress(FileNotFoundError):
-        manifest_path.unlink()
-    for path in staged:
-        _install(path, out_dir / path.name)
-
     item_texts, user_texts = texts.item_texts, texts.user_texts
     cache = EmbeddingCache(cache_root, emb.identity())
     _estimate(settings.kind, emb.identity(), emb.model, texts.all_texts(), cache)
@@ -245,34 +243,41 @@ def _build(name: str, out_dir: Path, emb: Embedder, request: Dict[str, Any], fre
                 time.monotonic() - t0)
 
     paths = {kind: artifacts.artifact_path(out_dir, name, kind) for kind in ARTEFACT_KINDS}
-    artifacts.save_embeddings(paths[artifacts.ITEM_EMB], list(item_texts), item_vecs)
-    artifacts.save_embeddings(paths[artifacts.USER_EMB], list(user_texts), user_vecs)
-    artifacts.save_neighbors(paths[artifacts.SIM_USERS], list(user_texts), neighbors)
-
-    atomic_files = [out_dir / f"{name}.{suffix}" for suffix in ("inter", "item")]
-    files = {p.name: sha256_file(p) for p in [*atomic_files, *paths.values()] if p.is_file()}
-    manifest = {
-        "format": FORMAT,
-        "dataset": name,
-        "embedder": emb.identity(),
-        "embedder_request": request,
-        "dim": int(item_vecs.shape[1]),
-        "template": texts.template,
-        "template_name": texts.template_label,
-        "template_hash": fresh["template_hash"],
-        "max_chars": fresh["max_chars"],
-        "user_max_chars": fresh["user_max_chars"],
-        "holdout": fresh["holdout"],
-        "user_name_field": texts.name_field,
-        "top_k": fresh["top_k"],
-        "source": settings.source,
-        "filters": None if filters is None else canon(dict(filters)),
-        "counts": data.counts(),
-        "data_hash": fresh["data_hash"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": files,
-    }
-    artifacts.write_manifest(out_dir, name, manifest)
+    # Every output is staged beside its target and renamed into place only once all of them are written: a
+    # full or read-only disk leaves the previous atomic files, artefacts and manifest as they were, together.
+    # The manifest is renamed last, so a process killed between the renames leaves a manifest whose hashes
+    # disagree with the new files: stale, rebuilt by the next run (from the cache), never trusted.
+    with staged_files() as stage:
+        for path in staged:
+            _install(path, out_dir / path.name, stage)
+        artifacts.save_embeddings(paths[artifacts.ITEM_EMB], list(item_texts), item_vecs, stage)
+        artifacts.save_embeddings(paths[artifacts.USER_EMB], list(user_texts), user_vecs, stage)
+        artifacts.save_neighbors(paths[artifacts.SIM_USERS], list(user_texts), neighbors, stage)
+        atomic_files = [out_dir / f"{name}.{suffix}" for suffix in ("inter", "item")]
+        files = {p.name: sha256_file(stage.written(p)) for p in [*atomic_files, *paths.values()]
+                 if stage.written(p).is_file()}
+        manifest = {
+            "format": FORMAT,
+            "dataset": name,
+            "embedder": emb.identity(),
+            "embedder_request": request,
+            "dim": int(item_vecs.shape[1]),
+            "template": texts.template,
+            "template_name": texts.template_label,
+            "template_hash": fresh["template_hash"],
+            "max_chars": fresh["max_chars"],
+            "user_max_chars": fresh["user_max_chars"],
+            "holdout": fresh["holdout"],
+            "user_name_field": texts.name_field,
+            "top_k": fresh["top_k"],
+            "source": settings.source,
+            "filters": None if filters is None else canon(dict(filters)),
+            "counts": data.counts(),
+            "data_hash": fresh["data_hash"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+        }
+        artifacts.write_manifest(out_dir, name, manifest, stage)
     return manifest
 
 
@@ -286,8 +291,8 @@ def _staging() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _install(src: Path, dst: Path) -> None:
-    """Copy ``src`` over ``dst`` atomically (:func:`fileio.atomic_write`); identical files are left alone."""
+def _install(src: Path, dst: Path, stage: StagedFiles) -> None:
+    """Stage a copy of ``src`` to replace ``dst``; identical files are left alone."""
     if dst.is_file() and sha256_file(dst) == sha256_file(src):
         return
 
@@ -295,4 +300,4 @@ def _install(src: Path, dst: Path) -> None:
         with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
 
-    atomic_write(dst, copy)
+    stage.write(dst, copy)

@@ -21,6 +21,10 @@ class EmbeddingError(LLMESRError, RuntimeError):
     """Base class of the errors raised by the embedders."""
 
 
+class CacheWriteError(EmbeddingError):
+    """The embedding cache folder cannot be written (disk full, read-only, no permission)."""
+
+
 class EmbeddingConfigError(EmbeddingError, ValueError):
     """Bad configuration detected before any work (unknown kind/model, missing API key, ...)."""
 

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.fileio import DISK_ERRNOS, WriteError, atomic_write, write_error
+from recbole_llmesr.prep.embedders.base import CacheWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ def identity_slug(identity: Dict[str, Any]) -> str:
     return f"{kind}__{model}__d{identity.get('dim', 'x')}__{digest}"
 
 
+def _cache_error(err: WriteError) -> CacheWriteError:
+    return CacheWriteError(f"embedding cache: {err}; or put the cache elsewhere ($RECBOLE_LLMESR_CACHE, "
+                           f"llmesr-prepare --cache-dir, or embedding_cache_dir for run_recbole)")
+
+
 class EmbeddingCache:
     """On-disk cache of embeddings, keyed by (embedder identity, sha256 of text).
 
@@ -58,7 +64,12 @@ class EmbeddingCache:
         self.identity = dict(identity)
         self.root = Path(root).expanduser()
         self.dir = self.root / identity_slug(self.identity)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if err.errno not in DISK_ERRNOS:
+                raise
+            raise _cache_error(write_error(self.dir, err)) from err
         self._dim = self.identity.get("dim")
         self._lock = threading.Lock()
         self._chunks: List[np.ndarray] = []
@@ -66,8 +77,15 @@ class EmbeddingCache:
         self._seen: set[str] = set()
         manifest = self.dir / "identity.json"
         if not manifest.exists():
-            atomic_write(manifest, lambda f: f.write(
-                json.dumps(self.identity, sort_keys=True, indent=2).encode("utf-8")))
+            text = json.dumps(self.identity, sort_keys=True, indent=2).encode("utf-8")
+            self._write(manifest, lambda f: f.write(text))
+
+    @staticmethod
+    def _write(path: Path, write) -> None:
+        try:
+            atomic_write(path, write)
+        except WriteError as err:
+            raise _cache_error(err) from err
 
     def __len__(self) -> int:
         with self._lock:
@@ -133,6 +151,6 @@ class EmbeddingCache:
         keys = np.array([text_key(t) for t in texts], dtype="<U64")
         name = f"chunk-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         with self._lock:
-            atomic_write(self.dir / name, lambda f: np.savez(f, keys=keys, vectors=vectors))
+            self._write(self.dir / name, lambda f: np.savez(f, keys=keys, vectors=vectors))
             self._seen.add(name)
             self._add(keys, vectors.copy())

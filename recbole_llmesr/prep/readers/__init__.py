@@ -8,7 +8,8 @@ Pipeline::
     ds = read_written("dataset/beauty", "beauty")   # later stages load it back
 
 Modules: :mod:`.lines` (line I/O, the bad-line policy, field parsing), :mod:`.normal` (the normal form),
-:mod:`.atomic` (RecBole atomic files, read and written), :mod:`.sources` (raw public datasets and CSV),
+:mod:`.atomic` (RecBole atomic files, read and written),
+:mod:`.check` (what RecBole would misread in them), :mod:`.sources` (raw public datasets and CSV),
 :mod:`.filters`. Every reader takes ``on_bad_line="raise"`` (default) or ``"skip"``.
 """
 from recbole_llmesr.prep.readers.atomic import (
@@ -22,6 +23,7 @@ from recbole_llmesr.prep.readers.atomic import (
     read_written,
     write_atomic,
 )
+from recbole_llmesr.prep.readers.check import check_atomic_file
 from recbole_llmesr.prep.readers.filters import (
     DEFAULT_CORE,
     FILTER_MODES,
@@ -66,6 +68,7 @@ __all__ = [
     "DEFAULT_CORE",
     "FILTER_MODES",
     "read_atomic",
+    "check_atomic_file",
     "read_item_file",
     "read_items_jsonl",
     "items_frame",

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.prep.readers.check import PANDAS_NA, parse_header
 from recbole_llmesr.prep.readers.lines import (
     BadLines,
     DataFormatError,
@@ -50,11 +51,6 @@ Meta = Dict[str, Dict[str, str]]
 
 # str.splitlines() breaks on all of these; none may survive inside a written cell.
 _LINE_BREAKS = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
-# pandas' default NA strings: an id spelled like this would be read by RecBole as NaN.
-_PANDAS_NA = {
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-}
 _RESERVED_TEXT_COLUMNS = {USER, ITEM, TIME, RATING}
 _INTER_SUFFIX = re.compile(r"\.inter(\.gz)?$")
 
@@ -85,22 +81,12 @@ def inter_stems(dirname: str) -> List[str]:
     return sorted({inter_stem(f) for f in os.listdir(dirname) if _INTER_SUFFIX.search(f)})
 
 
-def _atomic_header(path: str, row: List[str]) -> List[Tuple[str, str]]:
-    fields = []
-    for cell in row:
-        if ":" not in cell:
-            raise DataFormatError(path, 1, f"header field {cell!r} is not 'name:type'")
-        fname, ftype = cell.rsplit(":", 1)
-        fields.append((fname.strip(), ftype.strip()))
-    return fields
-
-
 def _read_atomic_inter(path: str, user_field: str, item_field: str, time_field: str, rating_field: str,
                        on_bad_line: str, progress: Optional[bool]) -> InterBuilder:
     bad = BadLines(on_bad_line, path)
     rows = iter_csv(path, "\t", progress)
     head = read_header(path, rows)
-    names = [f for f, _ in _atomic_header(path, head)]
+    names = [f for f, _ in parse_header(path, head)]
     for f in (user_field, item_field):
         if f not in names:
             raise DataFormatError(path, 1, f"no {f!r} column in header {head}")
@@ -110,6 +96,7 @@ def _read_atomic_inter(path: str, user_field: str, item_field: str, time_field: 
     if it is None:
         warnings.warn(f"{path}: no {time_field!r} column; the line order is used as the timestamp")
     b = InterBuilder(with_rating=ir is not None)
+    padded: List[Tuple[int, str]] = []
     for lineno, row in rows:
         try:
             if len(row) != len(names):
@@ -117,6 +104,8 @@ def _read_atomic_inter(path: str, user_field: str, item_field: str, time_field: 
             u, i = row[iu].strip(), row[ii].strip()
             if not u or not i:
                 raise LineError(f"empty {user_field if not u else item_field!r}")
+            if u != row[iu] or i != row[ii]:
+                padded.append((lineno, row[iu] if u != row[iu] else row[ii]))
             t = parse_time(row[it], time_field) if it is not None else float(lineno)
             r = as_float(row[ir], rating_field) if ir is not None else math.nan
         except LineError as e:
@@ -124,6 +113,10 @@ def _read_atomic_inter(path: str, user_field: str, item_field: str, time_field: 
             continue
         b.add(u, i, t, r)
     bad.finish()
+    if padded:
+        # Stripping merges 'u1 ' into 'u1'; RecBole, reading the file itself, would keep them apart.
+        warnings.warn(f"{path}, line {padded[0][0]}: id {padded[0][1]!r} has whitespace around it; "
+                      f"{len(padded)} such lines in all, read with the spaces removed")
     return b
 
 
@@ -133,7 +126,7 @@ def read_item_file(path: str, item_field: str = ITEM, on_bad_line: str = "raise"
     bad = BadLines(on_bad_line, path)
     rows = iter_csv(path, "\t", progress)
     head = read_header(path, rows)
-    names = [f for f, _ in _atomic_header(path, head)]
+    names = [f for f, _ in parse_header(path, head)]
     if item_field not in names:
         raise DataFormatError(path, 1, f"no {item_field!r} column in header {head}")
     ii = names.index(item_field)
@@ -267,7 +260,7 @@ def _check_ids(values: Sequence[str], what: str) -> None:
         if not v or _LINE_BREAKS.search(v) or v != v.strip():
             raise ValueError(f"cannot write {what} {v!r}: ids must be non-empty, without surrounding "
                              f"whitespace, tabs or line breaks")
-    na = sorted(set(values) & _PANDAS_NA)
+    na = sorted(set(values) & PANDAS_NA)
     if na:
         warnings.warn(f"{what}s {na} look like NA to pandas; RecBole will read them as missing")
 

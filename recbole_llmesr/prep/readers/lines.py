@@ -96,11 +96,14 @@ def _is_gzip(path: str) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def iter_lines(path: Any, progress: Optional[bool] = None) -> Iterator[Tuple[int, str]]:
-    """Yield ``(line_number, text)`` (1-based, line ending removed) of a plain or gzip UTF-8 file."""
+def iter_lines(path: Any, progress: Optional[bool] = None, encoding: str = "utf-8") -> Iterator[Tuple[int, str]]:
+    """Yield ``(line_number, text)`` (1-based, line ending removed, a byte-order mark dropped) of a plain or
+    gzip file in ``encoding`` (one that keeps ASCII's newline byte: UTF-8, Latin-1, ...)."""
     path = check_file(path)
     size = os.path.getsize(path)
     show = (size >= PROGRESS_MIN_BYTES) if progress is None else progress
+    # utf-8-sig is UTF-8 that may start with a byte-order mark, dropped below for every encoding.
+    label = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
     raw = open(path, "rb")
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if _is_gzip(path) else raw
     lineno = 0
@@ -114,9 +117,9 @@ def iter_lines(path: Any, progress: Optional[bool] = None) -> Iterator[Tuple[int
                     bar.update(pos - done)
                     done = pos
                 try:
-                    line = bline.decode("utf-8")
+                    line = bline.decode(encoding)
                 except UnicodeDecodeError as e:
-                    raise DataFormatError(path, lineno, f"not valid UTF-8 ({e})") from None
+                    raise DataFormatError(path, lineno, f"not valid {label} ({e})") from None
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line.rstrip("\r\n")
@@ -126,11 +129,12 @@ def iter_lines(path: Any, progress: Optional[bool] = None) -> Iterator[Tuple[int
             bar.update(size - done)
 
 
-def iter_csv(path: str, delimiter: str, progress: Optional[bool] = None) -> Iterator[Tuple[int, List[str]]]:
+def iter_csv(path: str, delimiter: str, progress: Optional[bool] = None,
+             encoding: str = "utf-8") -> Iterator[Tuple[int, List[str]]]:
     """Yield ``(line_number, fields)`` of a delimited file, parsed with the csv module (double-quote
     quoting, as pandas does by default). Blank lines are skipped."""
     csv.field_size_limit(2**31 - 1)
-    lines = (line for _, line in iter_lines(path, progress))
+    lines = (line for _, line in iter_lines(path, progress, encoding))
     reader = csv.reader(lines, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
     while True:
         try:
