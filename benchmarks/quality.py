@@ -83,7 +83,7 @@ def run_backbones(args, common: Dict[str, Any], seeds: Sequence[int]) -> Dict[st
     for backbone in args.backbones:
         ours = f"LLMESR_{backbone}"
         rows = {"baseline": backbone, "llmesr": ours, **({"plain": f"plain_{backbone}"} if args.plain else {})}
-        labels = [rows[args.only]] if args.only else list(rows.values())
+        labels = [rows[k] for k in args.only] if args.only else list(rows.values())
         per_label = {m: v for m, v in overrides.items() if m in labels}
         if args.plain:
             per_label[f"plain_{backbone}"] = {**overrides.get(ours, {}), **PLAIN}
@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true",
                    help="also run the plain backbone (plain_<Backbone>: LLMESR_<Backbone> with every LLM-ESR switch "
                         "off) with the LLMESR_ model's overrides, i.e. the same training recipe")
-    p.add_argument("--only", choices=("baseline", "llmesr", "plain"),
-                   help="run one row of each backbone, e.g. to split the rows over processes; "
-                        "a later run of all reuses them")
+    p.add_argument("--only", nargs="+", choices=("baseline", "llmesr", "plain"),
+                   help="run only these rows of each backbone, the first as the baseline (e.g. to split the rows "
+                        "over processes; a later run of all reuses them)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--first_seed", type=int, default=42, help="seeds first_seed, first_seed + 1, ... (default 42)")
     p.add_argument("--epochs", type=int, default=200, help="epoch budget per run (paper: 200)")
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
-    args.plain = args.plain or args.only == "plain"
+    args.plain = args.plain or "plain" in (args.only or ())
     if args.threads:
         torch.set_num_threads(args.threads)
     common = settings(args)
