@@ -35,11 +35,14 @@ setup(
         "matplotlib>=3.5",
         "tqdm>=4.60",
         "pyyaml>=6",
+        # run_hyper's random and bayes (TPE) searches; the grid search needs nothing else.
+        "hyperopt>=0.2.7",
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={
         "console_scripts": [
             "run_recbole=recbole_llmesr.cli.run_recbole:main",
+            "run_hyper=recbole_llmesr.cli.run_hyper:main",
             "recbole-llmesr=recbole_llmesr.cli.run_recbole:main",
             "llmesr-prepare=recbole_llmesr.cli.prepare:main",
             "llmesr-compare=recbole_llmesr.cli.compare:main",

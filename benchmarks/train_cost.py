@@ -11,6 +11,12 @@ variant (its peak RSS after one epoch), because tracemalloc does not see torch's
 process's peak would be shared by all variants. ``--max-batches N`` times only the first N batches of an
 epoch and extrapolates to the full epoch (stock SASRec's prefix epochs are ~100 s on ml-100k); the output
 says so.
+
+``--device cuda`` trains on GPU 0 (``use_gpu``/``gpu_id``; timings wait for the GPU, and the memory column
+adds the peak CUDA memory); ``--amp bfloat16`` (or ``float16``, CUDA only) adds an ``<variant>_amp`` row per
+variant, trained under ``enable_amp`` with that ``amp_dtype``::
+
+    python -m benchmarks.train_cost --dataset amazon_beauty_5core --device cuda --amp bfloat16 --max-batches 50
 """
 from __future__ import annotations
 
@@ -57,6 +63,13 @@ RATIOS = [
     ("LLMESR_SASRec / stock SASRec (prefix, CE)", "llmesr_prefix_ce", "sasrec_prefix_ce", "-"),
 ]
 QUIET = {"show_progress": False, "state": "WARNING"}
+#: Config keys of each ``--device``.
+DEVICES = {"cpu": {"use_gpu": False}, "cuda": {"use_gpu": True, "gpu_id": "0"}}
+
+
+def amp_variants(names: List[str], dtype: str) -> Dict[str, tuple]:
+    """``<name>_amp``: each variant trained under ``enable_amp`` with ``amp_dtype: dtype``."""
+    return {f"{n}_amp": (VARIANTS[n][0], {**VARIANTS[n][1], "enable_amp": True, "amp_dtype": dtype}) for n in names}
 
 
 def prepare(dataset: str, base: Dict[str, Any]) -> Dict[str, Any]:
@@ -91,9 +104,20 @@ class Runner:
 
     def __init__(self, model: str, dataset: str, config_dict: Dict[str, Any], max_batches: Optional[int]):
         self.config, self.model, self.train = build(model, dataset, config_dict)
+        self.device = self.config["device"]
+        self.model.to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.config["learning_rate"])
         self.batches = len(self.train)
         self.timed = min(self.batches, max_batches) if max_batches else self.batches
+        # As the trainer does (recbole_llmesr.trainer): autocast in amp_dtype, the GradScaler for float16.
+        self.amp = bool(self.config["enable_amp"])
+        self.amp_dtype = getattr(torch, self.config["amp_dtype"] or "bfloat16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16
+                                           and self.device.type == "cuda")
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def epoch(self) -> float:
         self.model.train()
@@ -105,47 +129,72 @@ class Runner:
         model = self.model
         teacher = getattr(model, "teacher", None)
         if teacher is not None and teacher.mode == "memory_bank" and not teacher.fresh:
+            self._sync()
             start = time.perf_counter()
-            teacher.refresh(model)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                teacher.refresh(model)
+            self._sync()
             refresh = time.perf_counter() - start
         start = time.perf_counter()
         for i, inter in enumerate(self.train):
             if i >= self.timed:
                 break
-            loss = self.model.calculate_loss(inter)
+            inter = inter.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                loss = self.model.calculate_loss(inter)
             if isinstance(loss, tuple):  # RecBole allows a tuple of losses
                 loss = sum(loss)
             self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self._sync()
         return refresh + (time.perf_counter() - start) * self.batches / self.timed
 
 
-def peak_rss_mb(name: str, dataset: str, base: Dict[str, Any], max_batches: Optional[int]) -> float:
-    """Max RSS of a fresh process that builds the variant and trains one (possibly truncated) epoch."""
+def peak_rss_mb(name: str, dataset: str, base: Dict[str, Any], max_batches: Optional[int],
+                spec: Optional[tuple] = None) -> float:
+    """Max RSS of a fresh process that builds the variant (``spec``: its (model, overrides), default
+    ``VARIANTS[name]``) and trains one (possibly truncated) epoch."""
+    return peak_memory_mb(name, dataset, base, max_batches, spec)[0]
+
+
+def peak_memory_mb(name: str, dataset: str, base: Dict[str, Any], max_batches: Optional[int],
+                   spec: Optional[tuple] = None) -> tuple:
+    """(peak RSS, peak CUDA memory allocated or None) of one epoch of the variant in a fresh process."""
     # VmHWM (peak RSS of this process image), not ru_maxrss: Linux carries ru_maxrss across fork+exec, so
     # a child of a large parent would report the parent's peak.
-    code = ("import json,re,sys; from benchmarks.train_cost import Runner, VARIANTS; "
-            "a=json.loads(sys.argv[1]); m,o=VARIANTS[a['name']]; "
-            "Runner(m,a['dataset'],{**a['base'],**o},a['max_batches']).epoch(); "
-            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
-    arg = json.dumps({"name": name, "dataset": dataset, "base": base, "max_batches": max_batches})
+    code = ("import json,re,sys,torch; from benchmarks.train_cost import Runner; "
+            "a=json.loads(sys.argv[1]); m,o=a['spec']; "
+            "r=Runner(m,a['dataset'],{**a['base'],**o},a['max_batches']); r.epoch(); "
+            "g=torch.cuda.max_memory_allocated(r.device) if r.device.type=='cuda' else -1; "
+            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1), g)")
+    spec = list(spec or VARIANTS[name])
+    arg = json.dumps({"name": name, "dataset": dataset, "base": base, "max_batches": max_batches, "spec": spec})
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, check=True)
-    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)  # VmHWM is in kB
+    rss, gpu = out.stdout.strip().splitlines()[-1].split()
+    return round(int(rss) / 1024, 1), (None if int(gpu) < 0 else round(int(gpu) / 2**20, 1))  # VmHWM is in kB
 
 
 def run(dataset: str = "ml-100k", epochs: int = 3, max_batches: Optional[int] = None, seed: int = 2020,
         threads: Optional[int] = 2, memory: bool = True, variants: Optional[List[str]] = None,
-        config_dict: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Time every variant's epochs round-robin in this process; optionally peak RSS per subprocess."""
+        config_dict: Optional[Dict[str, Any]] = None, device: str = "cpu",
+        amp: Optional[str] = None) -> Dict[str, Any]:
+    """Time every variant's epochs round-robin in this process; optionally peak RSS per subprocess.
+
+    ``device``: ``cpu`` or ``cuda`` (GPU 0); ``amp``: an ``amp_dtype`` that adds an ``<variant>_amp`` row per variant.
+    """
     if threads:
         torch.set_num_threads(threads)
     names = variants or list(VARIANTS)
-    base = prepare(dataset, {"seed": seed, **(config_dict or {})})
-    runners = {n: Runner(VARIANTS[n][0], dataset, {**base, **VARIANTS[n][1]}, max_batches) for n in names}
-    times: Dict[str, List[float]] = {n: [] for n in names}
+    specs = {n: VARIANTS[n] for n in names}
+    if amp:
+        specs.update(amp_variants(names, amp))
+    base = prepare(dataset, {"seed": seed, **(config_dict or {}), **DEVICES[device]})
+    runners = {n: Runner(m, dataset, {**base, **o}, max_batches) for n, (m, o) in specs.items()}
+    times: Dict[str, List[float]] = {n: [] for n in specs}
     for e in range(epochs + 1):  # epoch 0 is warm-up (allocator, lazy init), not reported
         for n, r in runners.items():
             t = r.epoch()
@@ -153,27 +202,33 @@ def run(dataset: str = "ml-100k", epochs: int = 3, max_batches: Optional[int] = 
                 times[n].append(t)
     rows = {}
     for n, r in runners.items():
-        rows[n] = {"model": VARIANTS[n][0], "overrides": VARIANTS[n][1],
+        rows[n] = {"model": specs[n][0], "overrides": specs[n][1], "device": str(r.device),
                    "train_mode": r.config["train_mode"] or "prefix", "batch_size": r.config["train_batch_size"],
                    "batches_per_epoch": r.batches, "batches_timed": r.timed,
                    "extrapolated": r.timed < r.batches, "sec_per_epoch": statistics.median(times[n]),
                    "epoch_times": times[n]}
         if memory:
-            rows[n]["peak_rss_mb"] = peak_rss_mb(n, dataset, base, max_batches)
+            rss, gpu = peak_memory_mb(n, dataset, base, max_batches, specs[n])
+            rows[n]["peak_rss_mb"] = rss
+            if gpu is not None:
+                rows[n]["peak_cuda_mb"] = gpu
+    pairs = RATIOS + [(f"{n}: AMP ({amp}) / float32", f"{n}_amp", n, "-") for n in names if amp]
     ratios = [{"ratio": lbl, "value": rows[a]["sec_per_epoch"] / rows[b]["sec_per_epoch"], "target": tgt}
-              for lbl, a, b, tgt in RATIOS if a in rows and b in rows]
+              for lbl, a, b, tgt in pairs if a in rows and b in rows]
     return {"dataset": dataset, "epochs": epochs, "seed": seed, "threads": threads, "max_batches": max_batches,
+            "device": device, "amp": amp,
             "variants": rows, "ratios": ratios,
             "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def table(res: Dict[str, Any]) -> str:
-    lines = ["| variant | model | train_mode | batch | s/epoch | batches timed / epoch | peak RSS (MB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | model | train_mode | batch | s/epoch | batches timed / epoch | peak RSS (MB) "
+             "| peak CUDA (MB) |", "|---|---|---|---|---|---|---|---|"]
     for n, v in res["variants"].items():
         note = " (extrapolated)" if v["extrapolated"] else ""
         lines.append(f"| {n} | {v['model']} | {v['train_mode']} | {v['batch_size']} | {v['sec_per_epoch']:.2f}{note} "
-                     f"| {v['batches_timed']} / {v['batches_per_epoch']} | {v.get('peak_rss_mb', '-')} |")
+                     f"| {v['batches_timed']} / {v['batches_per_epoch']} | {v.get('peak_rss_mb', '-')} "
+                     f"| {v.get('peak_cuda_mb', '-')} |")
     lines += ["", "| ratio (s/epoch) | value | target |", "|---|---|---|"]
     lines += [f"| {r['ratio']} | {r['value']:.2f}x | {r['target']} |" for r in res["ratios"]]
     if any(v["extrapolated"] for v in res["variants"].values()):
@@ -191,13 +246,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     p.add_argument("--json", help="write results here")
+    p.add_argument("--device", choices=list(DEVICES), default="cpu", help="cuda: train on GPU 0")
+    p.add_argument("--amp", choices=["bfloat16", "float16"], help="also time each variant under enable_amp")
     p.add_argument("extra", nargs="*", metavar="KEY=VALUE",
                    help="RecBole settings for every variant, e.g. data_path=...")
     a = p.parse_args(argv)
     from recbole_llmesr.compare import parse_overrides
 
     extra = parse_overrides(a.extra)
-    res = run(a.dataset, a.epochs, a.max_batches, a.seed, a.threads, not a.no_memory, a.variants, extra)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    res = run(a.dataset, a.epochs, a.max_batches, a.seed, a.threads, not a.no_memory, a.variants, extra,
+              device=a.device, amp=a.amp)
     res["settings"] = extra
     print(table(res))
     if a.json:

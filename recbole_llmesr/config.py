@@ -11,6 +11,7 @@ from recbole_llmesr.compat import apply_numpy_shim
 from recbole_llmesr.config_checks import RECBOLE_CONFIG_ERRORS, check_config, recbole_error, warn_unknown_keys
 from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.evaluation import add_group_metrics, paper_sample_num, register_metrics
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, cuda_device_index
 from recbole_llmesr.prep.embedders.redact import redact_url
 from recbole_llmesr.prep.readers import ml100k_dir
 from recbole_llmesr.registry import get_model
@@ -136,12 +137,32 @@ class LLMESRConfig(Config):
         # RecBole's loaders treat paperN like uniN; our data_preparation then swaps in the paper's sampler.
         self.final_config_dict[f"{phase}_neg_sample_args"] = {"distribution": "uniform", "sample_num": num}
 
+    def _merge_external_config_dict(self):
+        super()._merge_external_config_dict()
+        if "launcher" in self.variable_config_dict:
+            # RecBole reads every --key=value of the command line, the spawn flags included, and lets them win;
+            # under torchrun or srun an explicit --port=5678 (the default) must not replace MASTER_PORT.
+            self.external_config_dict.update({k: self.variable_config_dict[k] for k in LAUNCH_CONFIG_KEYS})
+
     def _init_device(self):
-        distributed = "local_rank" in self.final_config_dict
+        cfg = self.final_config_dict
+        distributed = "local_rank" in cfg
+        if distributed and not cfg.get("launcher") and cfg.get("use_gpu", True):
+            # RecBole's nproc spawn path sets CUDA_VISIBLE_DEVICES=gpu_id, which CUDA reads only at its first call:
+            # set it before torch.cuda.is_available() below makes that call.
+            os.environ["CUDA_VISIBLE_DEVICES"] = _gpu_list(cfg["gpu_id"])
         if distributed and not self._use_cuda():
-            self._init_cpu_distributed()
+            self._init_distributed("gloo", torch.device("cpu"))
+        elif distributed and cfg.get("launcher"):
+            # RecBole's spawn path sets CUDA_VISIBLE_DEVICES from gpu_id and wants one id per process; under
+            # a launcher the visible devices are the launcher's (srun may bind one GPU to each task).
+            index = cuda_device_index(cfg["local_rank"], cfg["nproc"], cfg["gpu_id"], torch.cuda.device_count())
+            torch.cuda.set_device(index)
+            self._init_distributed("nccl", torch.device("cuda", index))
         else:
             super()._init_device()
+            if not distributed:
+                cfg["device"] = _single_device(cfg)
         if distributed:
             # The ranks leave the rendezvous together and RecBole's init_logger then checks-then-creates
             # ./log/<model> in each of them: the loser of that race dies with FileExistsError.
@@ -151,19 +172,18 @@ class LLMESRConfig(Config):
         gpu_id = self.final_config_dict["gpu_id"]
         return self.final_config_dict.get("use_gpu", True) and len(str(gpu_id)) > 0 and torch.cuda.is_available()
 
-    def _init_cpu_distributed(self) -> None:
-        """DDP over gloo: RecBole hard-codes NCCL and CUDA devices."""
+    def _init_distributed(self, backend: str, device: torch.device) -> None:
+        """Join the process group over ``backend``: gloo on CPU (RecBole hard-codes NCCL and CUDA devices), or
+        NCCL on the device :func:`~recbole_llmesr.launch.cuda_device_index` chose for a launched process."""
         cfg = self.final_config_dict
-        cfg["gpu_id"] = str(cfg["gpu_id"])
+        cfg["gpu_id"] = _gpu_list(cfg["gpu_id"])
+        rank = cfg["local_rank"] + cfg["offset"]
         torch.distributed.init_process_group(
-            backend="gloo",
-            rank=cfg["local_rank"] + cfg["offset"],
-            world_size=cfg["world_size"],
-            init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+            backend=backend, rank=rank, world_size=cfg["world_size"], init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
         )
-        cfg["device"] = torch.device("cpu")
+        cfg["device"] = device
         cfg["single_spec"] = False
-        if cfg["local_rank"] != 0:
+        if rank != 0:  # the global rank: each node has a local rank 0, but one process logs for the job
             cfg["state"] = "error"
             cfg["show_progress"] = False
             cfg["verbose"] = False
@@ -171,6 +191,26 @@ class LLMESRConfig(Config):
     def to_dict(self) -> dict:
         """The final configuration as plain Python data (safe for JSON and ``weights_only`` loading)."""
         return {k: _plain(v) for k, v in self.final_config_dict.items()}
+
+
+def _gpu_list(gpu_id) -> str:
+    """``gpu_id`` as RecBole writes it to CUDA_VISIBLE_DEVICES (``--gpu_id=0,1`` arrives as a tuple)."""
+    return ",".join(map(str, gpu_id)) if isinstance(gpu_id, (list, tuple)) else str(gpu_id)
+
+
+def _single_device(cfg) -> torch.device:
+    """The device of a single-process run: RecBole's choice, with ``use_gpu: False`` honoured (RecBole looks
+    only at ``gpu_id``) and ``gpu_id`` kept when CUDA started before RecBole set CUDA_VISIBLE_DEVICES (every
+    GPU is then still visible, and RecBole's ``cuda`` would be GPU 0)."""
+    device = cfg["device"]
+    if device.type != "cuda":
+        return device
+    if not cfg.get("use_gpu", True):
+        return torch.device("cpu")
+    ids = [i.strip() for i in str(cfg["gpu_id"]).split(",") if i.strip()]
+    if ids and ids[0].isdigit() and torch.cuda.device_count() > len(ids) and int(ids[0]) < torch.cuda.device_count():
+        return torch.device("cuda", int(ids[0]))
+    return device
 
 
 def _plain(value):

@@ -28,13 +28,15 @@ from recbole_llmesr.model.options import ModelConfigError, choice, flag, number
 _DERIVED_KEYS = {
     "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
     "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger", "config_files", "nproc", "world_size",
-    "ip", "port", "offset", "group_offset",
+    "ip", "port", "offset", "group_offset", "launcher",
 }
 _LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
 _EVAL_MODE = re.compile(r"^(full|(uni|pop|paper)\d+)$")
 _POSITIVE_INTS = ("MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "stopping_step", "hidden_size",
                   "embedding_size", "inner_size", "n_layers", "n_heads", "num_layers", "gru_hidden_size")
 _PROBABILITIES = ("hidden_dropout_prob", "attn_dropout_prob", "dropout_prob", "mask_ratio", "ft_ratio")
+#: ``amp_dtype`` values: the torch dtypes autocast computes in under ``enable_amp``.
+AMP_DTYPES = ("bfloat16", "float16")
 
 
 class ConfigError(LLMESRError, ValueError):
@@ -91,9 +93,10 @@ def _check_general_keys(config) -> None:
         if _present(config, key):
             number(config, key, float, minimum=0, below=1)
     for key in ("reproducibility", "show_progress", "use_gpu", "group_metrics", "item_pop_all_splits",
-                "fast_sampled_eval", "save_rank_states"):
+                "fast_sampled_eval", "save_rank_states", "enable_amp", "enable_scaler"):
         if _present(config, key):
             flag(config, key)
+    _check_amp_keys(config)
     if _present(config, "n_heads") and _present(config, "hidden_size") and config["hidden_size"] % config["n_heads"]:
         raise ConfigError(f"hidden_size ({config['hidden_size']}) must be a multiple of n_heads ({config['n_heads']})")
     if _present(config, "learner") and str(config["learner"]).lower() not in _LEARNERS:
@@ -109,6 +112,28 @@ def _check_general_keys(config) -> None:
                               f"(e.g. utf-8-sig)") from None
     if _present(config, "resume") and not isinstance(config["resume"], str):
         raise ConfigError(f"Config key 'resume' must be a checkpoint path or 'auto'; got {config['resume']!r}")
+
+
+def _check_amp_keys(config) -> None:
+    """``enable_amp`` / ``amp_dtype`` / ``enable_scaler`` against the device the run trains on."""
+    if _present(config, "amp_dtype"):
+        choice(config, "amp_dtype", AMP_DTYPES)
+    if not config["enable_amp"]:
+        return
+    device = config["device"]
+    on_cuda = getattr(device, "type", str(device)) == "cuda"
+    if config["amp_dtype"] == "float16" and not on_cuda:
+        raise ConfigError("enable_amp with amp_dtype: float16 needs a CUDA device (float16 training needs the "
+                          "GradScaler, which is CUDA-only, and CPU autocast is meant for bfloat16); this run is "
+                          f"on {device}: use amp_dtype: bfloat16, or train on a GPU")
+    scaled = on_cuda and (config["amp_dtype"] == "float16" or config["enable_scaler"])
+    if scaled and config["clip_grad_norm"]:
+        raise ConfigError("clip_grad_norm with the GradScaler (enable_amp with amp_dtype: float16, or enable_scaler) "
+                          "would clip the scaled gradients (RecBole 1.2.1's trainer does not unscale them first): "
+                          "use amp_dtype: bfloat16 with enable_scaler: False, or drop clip_grad_norm")
+    if config["enable_scaler"] and not on_cuda:
+        warnings.warn(f"enable_scaler is ignored on {device}: the GradScaler is CUDA-only (and bfloat16 does not "
+                      f"need one)", UserWarning, stacklevel=3)
 
 
 def _check_preparation_keys(config) -> None:

@@ -4,6 +4,7 @@ Mirrors ``recbole.quick_start`` (same arguments, same result dict) without impor
 imports ray, which breaks on current setuptools and numpy.
 """
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
@@ -11,16 +12,17 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch.distributed as dist
-from recbole.utils import ensure_dir, get_environment, init_logger, init_seed, set_color
+from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_llmesr.config import LLMESRConfig
 from recbole_llmesr.evaluation import data_preparation
+from recbole_llmesr.launch import DEFAULT_IP, DEFAULT_PORT, check_flags, detect_launch
 from recbole_llmesr.prep.embedders.redact import redact_url
 from recbole_llmesr.prep.from_config import ensure_prepared
 from recbole_llmesr.prep.readers import EmptyDatasetError
 from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.registry import DatasetLoadError, create_dataset, get_model, get_trainer
-from recbole_llmesr.trainer import resume_file
+from recbole_llmesr.checkpoints import resume_file
 
 
 def run(
@@ -31,11 +33,22 @@ def run(
     saved: bool = True,
     nproc: int = 1,
     world_size: int = -1,
-    ip: str = "localhost",
-    port: str = "5678",
+    ip: str = DEFAULT_IP,
+    port: str = DEFAULT_PORT,
     group_offset: int = 0,
 ) -> Optional[dict]:
-    """Run one process, or spawn ``nproc`` DDP workers (gloo on CPU, NCCL on GPU)."""
+    """Run one process, or spawn ``nproc`` DDP workers (gloo on CPU, NCCL on GPU).
+
+    A process started by torchrun or srun (:func:`~recbole_llmesr.launch.detect_launch`) is instead the one DDP
+    rank that the launcher's environment describes, and spawns nothing: the spawn arguments must then be left
+    at their defaults or agree with the launch (:class:`~recbole_llmesr.launch.LaunchError` otherwise).
+    """
+    launch = detect_launch()
+    if launch is not None:
+        check_flags(launch, nproc=nproc, world_size=world_size, ip=ip, port=port, group_offset=group_offset)
+        config_dict = {**(config_dict or {}), **launch.config_keys()}
+        _make_shared_folders(config_dict)
+        return run_recbole(model, dataset, config_file_list, config_dict, saved)
     if nproc == 1 and world_size <= 0:
         return run_recbole(model, dataset, config_file_list, config_dict, saved)
 
@@ -44,14 +57,19 @@ def run(
     world_size = nproc if world_size == -1 else world_size
     config_dict = dict(config_dict or {})
     config_dict.update({"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset})
-    # Ranks race to create these folders; make them once here.
-    for folder in (config_dict.get("checkpoint_dir", "saved"), "log", "log_tensorboard"):
-        ensure_dir(folder)
+    _make_shared_folders(config_dict)
     queue = mp.get_context("spawn").SimpleQueue()
     kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
     # The spawned target lives in this package so each worker imports the plugin (models, numpy shim).
     mp.spawn(run_recboles, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
     return None if queue.empty() else queue.get()
+
+
+def _make_shared_folders(config_dict: dict) -> None:
+    # The ranks race to create these folders (RecBole checks, then creates): make them up front. Launched
+    # processes all do it, hence exist_ok.
+    for folder in (config_dict.get("checkpoint_dir", "saved"), "log", "log_tensorboard"):
+        os.makedirs(folder, exist_ok=True)
 
 
 def run_recbole(
@@ -85,7 +103,8 @@ def run_recbole(
     logger.info(dataset)
     train_data, valid_data, test_data = split_dataset(config, dataset)
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # Per global rank: the local ranks 0 of two nodes must not draw the same dropout and negatives.
+    init_seed(config["seed"] + config["local_rank"] + (config["offset"] or 0), config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
 

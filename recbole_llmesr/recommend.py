@@ -28,8 +28,9 @@ from recbole_llmesr.prep import artifacts
 # Set by RecBole or at run time, not by the user: never fed back into the rebuilt configuration.
 _RUNTIME_KEYS = {
     "model", "dataset", "device", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec", "local_rank",
-    "world_size", "nproc", "offset", "ip", "port", "valid_neg_sample_args", "test_neg_sample_args", "data_path",
-    "checkpoint_dir", "config_files", "gpu_id", "use_gpu", "is_ddp", "model_class", "train_neg_sample_args",
+    "world_size", "nproc", "offset", "ip", "port", "launcher", "valid_neg_sample_args", "test_neg_sample_args",
+    "data_path", "checkpoint_dir", "config_files", "gpu_id", "use_gpu", "is_ddp", "model_class",
+    "train_neg_sample_args",
 }
 
 
@@ -137,7 +138,7 @@ def load_recommender(checkpoint: str, data_path: Optional[str] = None, overrides
     from recbole.utils import init_seed
 
     from recbole_llmesr.registry import create_dataset, get_model
-    from recbole_llmesr.trainer import load_checkpoint
+    from recbole_llmesr.checkpoints import load_checkpoint
 
     if not Path(checkpoint).is_file():
         raise RecommendError(f"{checkpoint}: checkpoint not found")

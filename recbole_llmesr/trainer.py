@@ -5,163 +5,42 @@ default, so stock ``run_recbole`` trains and then crashes when it reloads the be
 checkpoint holds only tensors and plain Python data (the config as a plain dict), so loading it can
 never execute code, and a file that carries arbitrary pickled objects is refused.
 
-The mixin also installs the long-tail group metrics' collector and the fast sampled-evaluation path
+Checkpoint files themselves (names, loading, resuming): :mod:`recbole_llmesr.checkpoints`. The mixin also
+installs the long-tail group metrics' collector and the fast sampled-evaluation path
 (``recbole_llmesr.evaluation``).
 """
-import glob
 import os
-import pickle
-import random
 import time
+from contextlib import contextmanager
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import EvaluatorType, set_color
 from torch.nn.parallel import DistributedDataParallel
 
+from recbole_llmesr.checkpoints import (
+    RUN_ONLY_KEYS, ResumeError, decode_plain, encode_plain, last_checkpoint_name, load_checkpoint, rng_state,
+    set_rng_state,
+)
 from recbole_llmesr.compat import disable_anomaly_mode
-from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.fileio import atomic_write, stale_temporaries
 from recbole_llmesr.evaluation import GroupCollector, sampled_scores, scores_by_dot_product
 
 
-class UnsafeCheckpointError(LLMESRError, RuntimeError):
-    """A checkpoint holds objects other than tensors and plain data."""
-
-
-class ResumeError(LLMESRError, ValueError):
-    """A checkpoint cannot be resumed by this run (missing, another model, other shapes)."""
-
-
-#: Suffix of the per-epoch checkpoint beside the best one (``saved/<Model>-<time>.pth``): not ``.pth``, so
-#: that globs for best models never pick it up.
-LAST_SUFFIX = ".last.pt"
-#: Settings that may differ between an interrupted run and its resumption without changing what is trained.
-_RUN_ONLY_KEYS = {"resume", "epochs", "show_progress", "state", "gpu_id", "use_gpu", "device", "checkpoint_dir",
-                  "data_path", "eval_batch_size", "worker", "local_rank", "single_spec", "log_wandb", "nproc",
-                  "world_size", "ip", "port", "offset", "config_files", "stopping_step", "extra_test_modes"}
-
-
-def last_checkpoint_name(best_file: str) -> str:
-    """The per-epoch checkpoint that goes with the best checkpoint ``best_file``."""
-    stem = best_file[: -len(".pth")] if best_file.endswith(".pth") else best_file
-    return stem + LAST_SUFFIX
-
-
-def interrupted_runs(checkpoint_dir: str, model: str, dataset: str) -> List[str]:
-    """The per-epoch checkpoints of unfinished runs of ``model`` on ``dataset`` in ``checkpoint_dir``, newest
-    first (a run that finishes removes its own)."""
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), f"{glob.escape(model)}-*{LAST_SUFFIX}")):
-        try:
-            config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
-        except Exception:  # noqa: BLE001 - an unreadable file is not a run to resume
-            continue
-        if config.get("model") == model and config.get("dataset") == dataset:
-            found.append(path)
-    return sorted(found, key=os.path.getmtime, reverse=True)
-
-
-def resume_file(config) -> Optional[str]:
-    """The checkpoint that config key ``resume`` names: None (start afresh), a path, or ``auto`` = the newest
-    interrupted run of this model and dataset (None when there is none)."""
-    value = config["resume"]
-    if value is None or value == "":
-        return None
-    if str(value).lower() == "auto":
-        runs = interrupted_runs(config["checkpoint_dir"], config["model"], config["dataset"])
-        return runs[0] if runs else None
-    if not os.path.isfile(value):
-        raise ResumeError(f"resume={value}: file not found; an interrupted run leaves "
-                          f"{os.path.join(config['checkpoint_dir'], config['model'] + '-<time>' + LAST_SUFFIX)}, "
-                          f"and resume=auto finds the newest")
-    return str(value)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": [list(part) if isinstance(part, tuple) else part for part in random.getstate()],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a clear error if it carries pickled objects."""
+@contextmanager
+def autocast_dtype(device_type: str, dtype: Optional[torch.dtype]):
+    """Within the block ``torch.autocast(device_type)`` without a dtype (RecBole's) computes in ``dtype``."""
+    if dtype is None:
+        yield
+        return
+    before = torch.get_autocast_dtype(device_type)
+    torch.set_autocast_dtype(device_type, dtype)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"Refusing to load {path}: it contains pickled Python objects, not only tensors and plain data "
-            f"(written by stock RecBole or tampered with). Retrain with recbole_llmesr, or load it yourself "
-            f"with torch.load(weights_only=False) only if you trust where it came from. Detail: {err}"
-        ) from err
-
-
-def encode_plain(value):
-    """``other_parameter`` values as tensors and plain data, so that ``weights_only`` loading accepts them.
-
-    RecBole models keep numpy arrays and scipy sparse matrices there (ItemKNN, EASE, SLIMElastic);
-    ``nn.Module`` values (FDSA, DIN) are dropped because their weights are already in the state dict.
-    """
-    import numpy as np
-    import scipy.sparse as sp
-
-    if isinstance(value, dict):
-        return {k: encode_plain(v) for k, v in value.items() if not isinstance(v, torch.nn.Module)}
-    if isinstance(value, (list, tuple)):
-        return type(value)(encode_plain(v) for v in value)
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
-    if sp.issparse(value):
-        coo = value.tocoo()
-        return {
-            "__sparse__": value.format,
-            "row": torch.from_numpy(coo.row.astype(np.int64)),
-            "col": torch.from_numpy(coo.col.astype(np.int64)),
-            "data": torch.from_numpy(coo.data),
-            "shape": list(coo.shape),
-        }
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def decode_plain(value):
-    """Inverse of ``encode_plain``."""
-    import scipy.sparse as sp
-
-    if isinstance(value, dict):
-        if "__ndarray__" in value:
-            return value["__ndarray__"].numpy()
-        if "__sparse__" in value:
-            coo = sp.coo_matrix(
-                (value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())), shape=tuple(value["shape"])
-            )
-            return coo.asformat(value["__sparse__"])
-        return {k: decode_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(decode_plain(v) for v in value)
-    return value
+        yield
+    finally:
+        torch.set_autocast_dtype(device_type, before)
 
 
 class SafeCheckpointMixin:
@@ -170,34 +49,43 @@ class SafeCheckpointMixin:
     Mixed into RecBole's generic ``Trainer`` and into model-specific trainers alike. Also keeps autograd
     anomaly detection off and runs CPU DDP over gloo (RecBole's wrapper passes CUDA ``device_ids``).
 
-    Under DDP (gloo or NCCL) every rank uses rank 0's checkpoint name and waits for rank 0 to finish
-    writing it before reloading the best model, and the final test is scored by rank 0 alone on the whole
-    split (:meth:`evaluate_on_rank0`). The config key ``save_rank_states: True`` makes every rank write
-    its final parameters to ``<checkpoint_dir>/rank<k>-final.pt``, to check that the ranks stayed in sync.
+    Under DDP (gloo or NCCL) only global rank 0 writes checkpoints (its name is every rank's), reloads the
+    best model and scores the final test alone on the whole split (:meth:`evaluate_on_rank0`). The config
+    key ``save_rank_states: True`` makes every rank write its final parameters to
+    ``<checkpoint_dir>/rank<k>-final.pt``, to check that the ranks stayed in sync.
     """
 
     def __init__(self, config, model):
         distributed = not config["single_spec"]
-        cpu_ddp = distributed and config["device"].type == "cpu"
+        device = config["device"]
+        # RecBole's wrapper passes device_ids=[local_rank]: wrong on CPU, and under a launcher that bound one GPU
+        # to each process (every process then uses cuda:0).
+        own_ddp = distributed and (device.type == "cpu" or device.index != config["local_rank"])
         if distributed:
             # RecBole's check-then-create of the folder races between ranks (FileExistsError).
             os.makedirs(config["checkpoint_dir"], exist_ok=True)
-        if cpu_ddp:
-            config["single_spec"] = True  # skip the parent's CUDA-only DDP wrapper, then wrap for CPU
+        if own_ddp:
+            config["single_spec"] = True  # skip the parent's DDP wrapper, then wrap for this device
         try:
             super().__init__(config, model)
         finally:
-            if cpu_ddp:
+            if own_ddp:
                 config["single_spec"] = False
-        if cpu_ddp:
-            self.distributed_model = DistributedDataParallel(self.model)
+        if own_ddp:
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=None if device.type == "cpu" else [device.index])
         if distributed:
-            # Each rank names the checkpoint after its own clock, but only rank 0 writes it and every rank
-            # reloads it for testing: all ranks must use rank 0's name.
+            # Each rank names the checkpoint after its own clock, but only rank 0 writes it: every rank names
+            # rank 0's file (in its log, and when resuming from the per-epoch checkpoint beside it).
             names = [self.saved_model_file]
             dist.broadcast_object_list(names, src=0)
             self.saved_model_file = names[0]
         disable_anomaly_mode()
+        # enable_amp: RecBole's autocast takes the device's default dtype (float16 on CUDA); amp_dtype picks it.
+        # float16 needs the GradScaler, which is CUDA-only (RecBole would also enable it on a CPU run beside a GPU).
+        self.amp_dtype = getattr(torch, config["amp_dtype"] or "bfloat16")
+        on_cuda = self.device.type == "cuda"
+        self.enable_scaler = on_cuda and (self.enable_scaler or (self.enable_amp and self.amp_dtype == torch.float16))
         #: One entry per validation: epoch, cumulative training seconds, validation score.
         self.history: List[dict] = []
         self.train_seconds = 0.0
@@ -225,7 +113,8 @@ class SafeCheckpointMixin:
         hook = getattr(self.model, "on_epoch_start", None)
         if hook is not None:
             hook()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        with autocast_dtype(self.device.type, self.amp_dtype if self.enable_amp else None):
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.train_seconds += time.perf_counter() - start
         self._epoch = epoch_idx
         return loss
@@ -245,14 +134,19 @@ class SafeCheckpointMixin:
         if self.config["save_rank_states"]:
             self._save_rank_state()
         # Finished: the checkpoint for resuming has done its job, and resume=auto must not find this run.
-        if self.config["single_spec"] or self.config["local_rank"] == 0:
+        if self._is_rank0():
             for path in [self.last_checkpoint_file, *stale_temporaries(self.last_checkpoint_file)]:
                 if os.path.isfile(path):
                     os.unlink(path)
         return result
 
+    def _is_rank0(self) -> bool:
+        """One process, or the DDP rank that writes files: global rank 0, not each node's local rank 0
+        (RecBole's test), so that nodes sharing a file system do not write the same checkpoint at once."""
+        return self.config["single_spec"] or dist.get_rank() == 0
+
     def _save_last_checkpoint(self, train_data) -> None:
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not self._is_rank0():
             return
         state = self._checkpoint_state(self._epoch)
         state.update({
@@ -262,7 +156,7 @@ class SafeCheckpointMixin:
             else {k: float(v) for k, v in self.best_valid_result.items()},
             "history": [dict(h) for h in self.history],
             "train_seconds": float(self.train_seconds),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             # Buffers outside the state dict (the teacher's memory bank under teacher_update: batch).
             "buffers": {k: v.detach().cpu() for k, v in self.model.named_buffers()
                         if k not in self.model.state_dict()},
@@ -276,7 +170,7 @@ class SafeCheckpointMixin:
         saved, self._resumed_rng = self._resumed_rng, None
         if not self.config["single_spec"]:
             return  # each DDP rank has its own streams; rank 0's would make them all alike
-        _set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"])
         generator = getattr(train_data, "generator", None)
         if generator is not None and saved.get("train_generator") is not None:
             generator.set_state(saved["train_generator"])
@@ -304,7 +198,7 @@ class SafeCheckpointMixin:
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not self._is_rank0():
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         # Write then rename: an interrupted save never leaves a truncated best model behind.
@@ -323,7 +217,7 @@ class SafeCheckpointMixin:
             raise ResumeError(f"{resume_file} was trained with model {trained.get('model')}, not "
                               f"{self.config['model']}: resume it with --model={trained.get('model')}")
         current = self.config.to_dict() if hasattr(self.config, "to_dict") else {}
-        changed = sorted(k for k in set(trained) & set(current) if k not in _RUN_ONLY_KEYS and trained[k] != current[k])
+        changed = sorted(k for k in set(trained) & set(current) if k not in RUN_ONLY_KEYS and trained[k] != current[k])
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -368,13 +262,12 @@ class SafeCheckpointMixin:
         if eval_data:
             self.eval_collector.start_evaluation(eval_data)  # this phase's user lengths (and, if not fit, item counts)
         if eval_data and load_best_model:
-            if not self.config["single_spec"]:
-                dist.barrier()  # rank 0 may still be writing the best model the other ranks are about to read
-            checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
-            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+            if self._is_rank0():  # only rank 0 tests: other nodes need not share rank 0's file system
+                checkpoint_file = model_file or self.saved_model_file
+                checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+                self.model.load_state_dict(checkpoint["state_dict"])
+                self.model.load_other_parameter(decode_plain(checkpoint.get("other_parameter")))
+                self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
             if not self.config["single_spec"]:
                 return self.evaluate_on_rank0(eval_data, show_progress)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic datasets written in RecBole's atomic format, with LLM artefacts."""
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,10 @@ FAST = {
     "epochs": 2, "hidden_size": 8, "inner_size": 16, "show_progress": False, "train_batch_size": 64,
     "eval_batch_size": 256, "seed": 7, "stopping_step": 2,
 }
+#: RECBOLE_LLMESR_TEST_GPU=1 (benchmarks/gpu_check.sh) trains the tests' runs on GPU 0; otherwise on the CPU, even
+#: where CUDA exists (RecBole's default would pick the GPU, and the exact-reproduction tests assume the CPU).
+TEST_GPU = os.environ.get("RECBOLE_LLMESR_TEST_GPU", "") not in ("", "0")
+FAST.update({"use_gpu": True, "gpu_id": "0"} if TEST_GPU else {"use_gpu": False})
 
 
 def write_tiny_dataset(root: Path, name: str = "tiny", n_users: int = 40, n_items: int = 30, seed: int = 0) -> Path:

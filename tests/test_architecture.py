@@ -1,5 +1,5 @@
 """The package's layering: imports (module-level and inside functions alike) only run downwards,
-cli -> runners (quick_start, compare, recommend) -> config -> registry -> trainer / model -> dataset -> prep,
+cli -> runners (quick_start, compare, recommend, tuning) -> config -> registry -> trainer / model -> dataset -> prep,
 and nothing imports in a circle."""
 import ast
 from collections import defaultdict
@@ -9,14 +9,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recbole_llmesr"
 
 #: Top-level module or subpackage -> layer; an import must go to a lower layer, or stay inside the same one.
 LAYERS = {
-    "errors": 0, "fileio": 0, "compat": 0, "": 0,  # "": the package's __init__
+    "errors": 0, "fileio": 0, "compat": 0, "launch": 0, "": 0,  # "": the package's __init__
     "prep": 1,
     "dataset": 2,
     "model": 3, "evaluation": 3,
-    "trainer": 4,
+    "trainer": 4, "checkpoints": 4,
     "registry": 5,
     "config": 6, "config_checks": 6,
-    "quick_start": 7, "compare": 7, "recommend": 7,
+    "quick_start": 7, "compare": 7, "recommend": 7, "tuning": 7,
     "cli": 8,
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from recbole_llmesr.trainer import load_checkpoint
+from recbole_llmesr.checkpoints import load_checkpoint
 
 
 def free_port() -> str:

@@ -270,7 +270,7 @@ def test_read_only_dataset_folder_that_needs_a_build(prepared_copy, disk, capsys
 
 def test_full_disk_while_writing_a_checkpoint(tiny, tmp_path, disk, capsys):
     from recbole_llmesr.cli.run_recbole import main
-    from recbole_llmesr.trainer import load_checkpoint
+    from recbole_llmesr.checkpoints import load_checkpoint
 
     saved = tmp_path / "saved"
     args = ["--model=SASRec", "--dataset=tiny", f"--data_path={tiny['config']['data_path']}", "--epochs=3",

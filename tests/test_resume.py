@@ -17,7 +17,7 @@ import torch
 from prep_helpers import run_recbole_cli_error
 
 from recbole_llmesr.quick_start import run_recbole
-from recbole_llmesr.trainer import LAST_SUFFIX, ResumeError, interrupted_runs
+from recbole_llmesr.checkpoints import LAST_SUFFIX, ResumeError, interrupted_runs
 
 TRAIN = """
 import json, sys

@@ -9,7 +9,7 @@ import torch
 from recbole_llmesr.config import RECBOLE_ML100K_DIR, LLMESRConfig
 from recbole_llmesr.quick_start import run_recbole
 from recbole_llmesr.registry import UnknownModelError, get_model
-from recbole_llmesr.trainer import UnsafeCheckpointError, load_checkpoint
+from recbole_llmesr.checkpoints import UnsafeCheckpointError, load_checkpoint
 
 
 def _checkpoint(tmp_path) -> Path:

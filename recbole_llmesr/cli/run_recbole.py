@@ -5,6 +5,7 @@ from typing import List, Optional
 
 from recbole_llmesr.cli.common import add_debug_flag, run_tool
 from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.launch import DEFAULT_IP, DEFAULT_PORT
 
 PROG = "run_recbole"
 
@@ -13,14 +14,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train and test a RecBole or recbole-llmesr model. Any other --key=value is a RecBole "
-        "config override (e.g. --epochs=5 --train_batch_size=256).",
+        "config override (e.g. --epochs=5 --train_batch_size=256). Started by torchrun or srun, each process "
+        "is one DDP rank as the launcher's environment says (RANK, WORLD_SIZE, LOCAL_RANK, ... or SLURM_PROCID, "
+        "SLURM_NTASKS, ...).",
     )
     parser.add_argument("--model", "-m", type=str, default="BPR", help="model name, e.g. SASRec or LLMESR_SASRec")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML config files")
-    parser.add_argument("--nproc", type=int, default=1, help="number of processes (DDP)")
-    parser.add_argument("--ip", type=str, default="localhost", help="master address for DDP")
-    parser.add_argument("--port", type=str, default="5678", help="master port for DDP")
+    # Spawn flags; under torchrun or srun the environment says all this, and these flags are left out.
+    parser.add_argument("--nproc", type=int, default=1, help="number of DDP processes to spawn on this node")
+    parser.add_argument("--ip", type=str, default=DEFAULT_IP, help="master address for DDP")
+    parser.add_argument("--port", type=str, default=DEFAULT_PORT, help="master port for DDP")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of DDP processes")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this node's processes")
     add_debug_flag(parser)

@@ -167,11 +167,14 @@ def sampled_softmax(
         pos_offset, neg_offset: ``[P]`` and ``[K]`` constants added to the logits: ``-log q`` for the logQ
             correction (q: the item's probability of being drawn), plus any logit adjustment.
     """
-    pos = (h * pos_vectors).sum(-1, keepdim=True)
-    neg = h @ neg_vectors.T
+    # Logits in float32 (at least): under autocast the products come in half precision, and the offsets
+    # (-log q, log-priors) and the softmax must not be rounded to it.
+    acc = _accumulator(h.dtype)
+    pos = (h * pos_vectors).sum(-1, keepdim=True).to(acc)
+    neg = (h @ neg_vectors.T).to(acc)
     if pos_offset is not None:
         pos = pos + pos_offset.unsqueeze(1)
         neg = neg + neg_offset.unsqueeze(0)
     neg = neg.masked_fill(neg_ids.unsqueeze(0) == pos_ids.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
-    return -F.log_softmax(logits.to(_accumulator(logits.dtype)), dim=1)[:, 0].mean()
+    return -F.log_softmax(logits, dim=1)[:, 0].mean()

@@ -167,8 +167,9 @@ class OneNegative(Objective):
         return neg
 
     def forward(self, h, targets, items, negatives):
-        pos_score = (h * items[targets]).sum(-1)
-        neg_score = (h * items[negatives.items]).sum(-1)
+        # float32 scores: under autocast the products may be half precision.
+        pos_score = (h * items[targets]).sum(-1).float()
+        neg_score = (h * items[negatives.items]).sum(-1).float()
         if self.pairwise:
             return -F.logsigmoid(pos_score - neg_score).mean()
         return (F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score))

@@ -69,7 +69,8 @@ class SimilarUserTeacher(nn.Module):
         users = torch.nonzero(self.teacher_len > 0).squeeze(1)
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
-            self.user_bank[batch] = encoder.forward(self.teacher_seq[batch], self.teacher_len[batch], tables)
+            reps = encoder.forward(self.teacher_seq[batch], self.teacher_len[batch], tables)
+            self.user_bank[batch] = reps.to(self.user_bank.dtype)  # half precision under autocast
         encoder.train(was_training)
         self.fresh = True
         self.steps_since_refresh = 0
@@ -99,11 +100,12 @@ class SimilarUserTeacher(nn.Module):
         target, has_teacher = self.target(user_ids, encoder)
         if not has_teacher.any():
             return student.new_zeros(())
-        return F.mse_loss(student[has_teacher], target[has_teacher])
+        # In float32: under autocast the student (and an online teacher) may be half precision.
+        return F.mse_loss(student[has_teacher].float(), target[has_teacher].float())
 
     def record(self, user_ids: torch.Tensor, item_seq_len: torch.Tensor, student: torch.Tensor) -> None:
         """``teacher_update: batch``: the student just encoded these users; where its input is the teacher's
         (the user's longest training prefix), its state replaces the stored one, with no extra pass."""
         if self.mode == "memory_bank" and self.update == "batch":
             same = item_seq_len == self.teacher_len[user_ids]
-            self.user_bank[user_ids[same]] = student[same].detach()
+            self.user_bank[user_ids[same]] = student[same].detach().to(self.user_bank.dtype)

@@ -1,0 +1,225 @@
+"""Issue 19, part 2: the ``run_hyper`` console script (recbole_llmesr.tuning), for plugin and RecBole models.
+
+Real searches train on the tiny dataset for one epoch per trial; the interrupt and failure paths replace the
+runner by a stub."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recbole_llmesr import tuning
+from recbole_llmesr.cli.run_hyper import main
+from recbole_llmesr.tuning import TuningError, grid, read_params_file
+
+
+def overrides(tiny) -> list:
+    return [f"--{k}={v}" for k, v in {**tiny["config"], "epochs": 1}.items()]
+
+
+def hyper(tiny, params_file, *flags, model="LLMESR_SASRec") -> int:
+    return main(["--model", model, "--dataset", "tiny", "--params_file", str(params_file), "--no_progress",
+                 *flags, *overrides(tiny)])
+
+
+def table_rows(path) -> list:
+    lines = [line for line in Path(path).read_text().splitlines() if line.startswith("|")]
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+    return [dict(zip(cells(lines[0]), cells(line))) for line in lines[2:]]
+
+
+def journal_trials(path) -> list:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()[1:]]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ params file
+def test_params_file_reads_every_kind(tmp_path):
+    path = write(tmp_path / "p.hyper", "# a comment\n\nlearning_rate choice [0.001, 0.01]\n"
+                 "dropout_prob uniform 0.1,0.5\nweight_decay loguniform -9,-4   # exp(-9)..exp(-4)\n"
+                 "hidden_size quniform 8,32,8\n"
+                 "loss_type choice ['CE','BPR']\n")
+    space = {p.name: p for p in read_params_file(path)}
+    assert [(p.kind, p.values) for p in space.values()] == [
+        ("choice", (0.001, 0.01)), ("uniform", (0.1, 0.5)), ("loguniform", (-9, -4)), ("quniform", (8, 32, 8)),
+        ("choice", ("CE", "BPR"))]
+    assert space["learning_rate"].where == f"{path}:3"
+    assert space["hidden_size"].value(16.0) == 16 and isinstance(space["hidden_size"].value(16.0), int)
+    assert space["loss_type"].value(1) == "BPR" and space["loss_type"].raw("BPR") == 1
+    with pytest.raises(TuningError, match=rf"^{path}:4: 'dropout_prob uniform'.*exhaustive"):
+        grid(list(space.values()))
+    only_choices = [space["learning_rate"], space["loss_type"]]
+    assert grid(only_choices) == [{"learning_rate": a, "loss_type": b} for a in (0.001, 0.01) for b in ("CE", "BPR")]
+
+
+@pytest.mark.parametrize("line, why", [
+    ("learning_rate choice", "expected 'name kind values'"),
+    ("learning_rate pick [1,2]", "unknown kind 'pick'"),
+    ("learning_rate choice [1,2", "cannot read"),
+    ("learning_rate choice []", "non-empty list"),
+    ("learning_rate uniform 0.1", "takes 2 numbers"),
+    ("learning_rate quniform 1,8", "takes 3 numbers"),
+    ("learning_rate uniform 0.5,0.1", "low < high"),
+    ("learning_rate choice __import__('os')", "cannot read"),
+])
+def test_bad_params_line_names_file_and_line(tmp_path, line, why):
+    path = write(tmp_path / "p.hyper", f"hidden_size choice [8]\n{line}\n")
+    with pytest.raises(TuningError) as err:
+        read_params_file(path)
+    assert str(err.value).startswith(f"{path}:2: ") and why in str(err.value)
+
+
+def test_bad_params_file_and_tool_are_one_line_errors(tiny, tmp_path, capsys):
+    bad = write(tmp_path / "bad.hyper", "learning_rate choice [0.001]\nlearning_rate choice [0.01]\n")
+    assert hyper(tiny, bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"run_hyper: error: {bad}:2: 'learning_rate' is already searched at {bad}:1"
+    good = write(tmp_path / "p.hyper", "learning_rate choice [0.001]\n")
+    assert hyper(tiny, good, "--tool=Ray") == 2
+    assert "only Hyperopt" in capsys.readouterr().err
+    assert hyper(tiny, good, "--epochs", "3") == 2  # a setting RecBole would ignore
+    assert "--key=value" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ real searches
+def test_exhaustive_search_ranks_trials_writes_best_and_resumes(tiny, tmp_path, capsys):
+    params = write(tmp_path / "lr.hyper", "learning_rate choice [0.001,0.005,0.01]\n")
+    out = tmp_path / "lr.result"
+    assert hyper(tiny, params, "--output_file", str(out)) == 0
+    rows = table_rows(out)
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    scores = [float(r["valid ndcg@10"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)  # valid_metric_bigger: best first
+    assert sorted(json.loads(r["learning_rate"]) for r in rows) == [0.001, 0.005, 0.01]
+    best = yaml.safe_load((tmp_path / "lr.best.yaml").read_text())
+    assert best == {"learning_rate": json.loads(rows[0]["learning_rate"])}
+    trials = journal_trials(tmp_path / "lr.result.journal.jsonl")
+    assert [t["number"] for t in trials] == [1, 2, 3]
+    assert max(t["score"] for t in trials) == scores[0] and "ndcg@10" in trials[0]["test_result"]
+    shown = capsys.readouterr().out
+    assert "3 trials run" in shown and f"best params: {best}" in shown.replace("\x1b[1;33m", "").replace("\x1b[0m", "")
+
+    # The same command again: nothing retrains, the table stays.
+    assert hyper(tiny, params, "--output_file", str(out)) == 0
+    shown = capsys.readouterr().out
+    assert "3 finished trials skipped" in shown and "0 trials run" in shown
+    assert len(journal_trials(tmp_path / "lr.result.journal.jsonl")) == 3
+    assert table_rows(out) == rows
+
+    # best.yaml goes back in as a config file.
+    from recbole_llmesr.config import LLMESRConfig
+
+    config = LLMESRConfig("LLMESR_SASRec", "tiny", config_file_list=[str(tmp_path / "lr.best.yaml")],
+                          config_dict=tiny["config"])
+    assert config["learning_rate"] == best["learning_rate"]
+
+    # Another model on this journal is refused, naming the journal.
+    assert hyper(tiny, params, "--output_file", str(out), model="SASRec") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'lr.result.journal.jsonl'}: this journal belongs to another search (different model)" in err
+
+
+def test_recbole_model_from_the_same_params_file(tiny, tmp_path, capsys):
+    params = write(tmp_path / "lr.hyper", "learning_rate choice [0.001,0.005,0.01]\n")
+    out = tmp_path / "sasrec.result"
+    assert hyper(tiny, params, "--output_file", str(out), "--max_evals=2", model="SASRec") == 0
+    rows = table_rows(out)
+    assert [json.loads(r["learning_rate"]) for r in sorted(rows, key=lambda r: int(r["trial"]))] == [0.001, 0.005]
+    assert "SASRec on tiny" in out.read_text() and "2 trials run" in capsys.readouterr().out
+
+
+def test_random_search_runs_max_evals_and_continues(tiny, tmp_path, capsys):
+    params = write(tmp_path / "mix.hyper", "learning_rate loguniform -7,-4\nn_layers choice [1,2]\n")
+    out = tmp_path / "mix.result"
+    assert hyper(tiny, params, "--algo=random", "--max_evals=2", "--output_file", str(out)) == 0
+    first = journal_trials(tmp_path / "mix.result.journal.jsonl")
+    assert len(first) == 2 and len(table_rows(out)) == 2
+    for t in first:
+        assert 0.0009 < t["params"]["learning_rate"] < 0.0184 and t["params"]["n_layers"] in (1, 2)
+    capsys.readouterr()
+    # A larger budget continues the same search: the first two trials stay, one more runs.
+    assert hyper(tiny, params, "--algo=random", "--max_evals=3", "--output_file", str(out)) == 0
+    again = journal_trials(tmp_path / "mix.result.journal.jsonl")
+    assert again[:2] == first and len(again) == 3 and "1 trial run, 2 skipped" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ stubbed runner
+@pytest.fixture
+def stub_runner(monkeypatch):
+    """run_recbole replaced: the score is the learning rate; a rate of 0.5 is refused, 0.9 is Ctrl-C."""
+    calls = []
+
+    def fake(model, dataset, config_file_list, config_dict, saved):
+        calls.append(config_dict)
+        lr = config_dict["learning_rate"]
+        if lr == 0.9:
+            raise KeyboardInterrupt
+        if lr == 0.5:
+            raise TuningError("learning_rate=0.5: refused")
+        return {"best_valid_score": lr, "valid_score_bigger": True, "best_valid_result": {"ndcg@10": lr},
+                "test_result": {"ndcg@10": lr / 2}}
+
+    monkeypatch.setattr("recbole_llmesr.quick_start.run_recbole", fake)
+    return calls
+
+
+def test_failed_trial_is_recorded_and_the_search_goes_on(tiny, tmp_path, stub_runner, capsys):
+    params = write(tmp_path / "lr.hyper", "learning_rate choice [0.1,0.5,0.3]\n")
+    out = tmp_path / "lr.result"
+    assert hyper(tiny, params, "--output_file", str(out)) == 0
+    rows = table_rows(out)
+    assert [(r["learning_rate"], r["status"]) for r in rows] == [
+        ("0.3", "ok"), ("0.1", "ok"), ("0.5", "failed: learning_rate=0.5: refused")]
+    assert stub_runner[0]["epochs"] == "1"  # the command line's settings reach every trial
+    assert "trial 2 failed: learning_rate=0.5: refused" in capsys.readouterr().out
+
+
+def test_interrupt_keeps_the_journal(tiny, tmp_path, stub_runner, capsys):
+    params = write(tmp_path / "lr.hyper", "learning_rate choice [0.1,0.9,0.3]\n")
+    out = tmp_path / "lr.result"
+    assert hyper(tiny, params, "--output_file", str(out)) == 130
+    assert "interrupted; the finished trials are kept in" in capsys.readouterr().err
+    assert [t["params"] for t in journal_trials(tmp_path / "lr.result.journal.jsonl")] == [{"learning_rate": 0.1}]
+    assert len(table_rows(out)) == 1
+
+
+def test_early_stop_counts_trials_without_improvement(tiny, tmp_path, stub_runner):
+    params = write(tmp_path / "lr.hyper", "learning_rate choice [0.4,0.1,0.2,0.3,0.35]\n")
+    result = tuning.search("LLMESR_SASRec", "tiny", params, overrides=tiny["config"], early_stop=2,
+                           output_file=tmp_path / "lr.result", show_progress=False)
+    assert result.stopped_early and [t.params["learning_rate"] for t in result.trials] == [0.4, 0.1, 0.2]
+    assert result.best.params == {"learning_rate": 0.4}
+
+
+def test_bayes_search_continues_from_its_journal(tiny, tmp_path, stub_runner, capsys):
+    params = write(tmp_path / "lr.hyper", "learning_rate uniform 0.1,0.4\n")
+    out = tmp_path / "lr.result"
+    assert hyper(tiny, params, "--algo=bayes", "--max_evals=3", "--output_file", str(out)) == 0
+    first = journal_trials(tmp_path / "lr.result.journal.jsonl")
+    assert len(first) == 3 and all(0.1 <= t["params"]["learning_rate"] <= 0.4 for t in first)
+    assert hyper(tiny, params, "--algo=bayes", "--max_evals=4", "--output_file", str(out)) == 0
+    again = journal_trials(tmp_path / "lr.result.journal.jsonl")
+    assert again[:3] == first and len(again) == 4 and len(stub_runner) == 4
+
+
+def test_changed_search_is_refused_unless_fresh(tiny, tmp_path, stub_runner, capsys):
+    out = tmp_path / "lr.result"
+    journal = tmp_path / "lr.result.journal.jsonl"
+    assert hyper(tiny, write(tmp_path / "a.hyper", "learning_rate choice [0.1,0.2]\n"), "--output_file", str(out)) == 0
+    changed = write(tmp_path / "b.hyper", "learning_rate choice [0.1,0.3]\n")
+    assert hyper(tiny, changed, "--output_file", str(out)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"run_hyper: error: {journal}: this journal belongs to another search (different params); pick another "
+        f"--output_file, or pass --fresh to discard its trials")
+    assert hyper(tiny, changed, "--output_file", str(out), "--fresh") == 0
+    assert [t["params"]["learning_rate"] for t in journal_trials(journal)] == [0.1, 0.3]
+    journal.write_text(journal.read_text() + "{not json\n" + '{"number": 9, "params": {}}\n')
+    assert hyper(tiny, changed, "--output_file", str(out)) == 2
+    assert f"{journal}:4: unreadable journal line" in capsys.readouterr().err
