@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from prep_helpers import run_recbole_cli_error
 from test_ddp import assert_ranks_in_sync, free_port, single_process_test
 
@@ -203,9 +204,19 @@ def test_two_torchrun_nodes_on_one_machine(tiny, tmp_path):
     outputs = [(tmp_path / f"node{k}.out").read_text()[-3000:] for k in range(2)]
     assert codes == [0, 0], "\n\n".join(outputs)
 
-    assert_ranks_in_sync(saved)
+    launched = assert_ranks_in_sync(saved)
     (checkpoint,) = saved.glob("LLMESR_SASRec-*.pth")  # only global rank 0 writes it
     logged = _logged_test_result(tmp_path / "log")
     expected = single_process_test({**tiny["config"], "checkpoint_dir": str(tmp_path / "eval")}, checkpoint)
     assert "ndcg@10" in logged and logged.keys() == expected.keys()
     assert logged == pytest.approx(expected, abs=1e-6)
+
+    # Same results as RecBole's way, two workers spawned by --nproc=2: the very same parameters.
+    from recbole_llmesr.quick_start import run
+
+    spawned = tmp_path / "spawn_saved"
+    run("LLMESR_SASRec", "tiny", config_dict={**cfg, "use_gpu": False, "save_rank_states": True,
+                                              "checkpoint_dir": str(spawned)}, nproc=2, port=free_port())
+    by_spawn = assert_ranks_in_sync(spawned)
+    differ = [k for k in launched if not torch.allclose(launched[k], by_spawn[k], atol=1e-6)]
+    assert not differ, f"torchrun and --nproc=2 trained different parameters: {differ}"
