@@ -13,6 +13,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS
 from recbole_llmesr.errors import LLMESRError
 
 
@@ -29,9 +30,8 @@ class ResumeError(LLMESRError, ValueError):
 LAST_SUFFIX = ".last.pt"
 #: Settings that may differ between an interrupted run and its resumption without changing what is trained.
 RUN_ONLY_KEYS = {"resume", "epochs", "show_progress", "state", "gpu_id", "use_gpu", "device", "checkpoint_dir",
-                  "data_path", "eval_batch_size", "worker", "local_rank", "single_spec", "log_wandb", "nproc",
-                  "world_size", "ip", "port", "offset", "launcher", "config_files", "stopping_step",
-                  "extra_test_modes"}
+                 "data_path", "eval_batch_size", "worker", "single_spec", "log_wandb", "config_files",
+                 "stopping_step", "extra_test_modes", *LAUNCH_CONFIG_KEYS}
 
 
 def last_checkpoint_name(best_file: str) -> str:

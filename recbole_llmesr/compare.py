@@ -159,6 +159,7 @@ def run_once(
     The record goes to ``runs_dir/<label>-seed<seed>.json``; ``label`` names the row (the model, or an
     ablation variant of it).
     """
+    from recbole_llmesr.config import without_command_line
     from recbole_llmesr.quick_start import run_recbole
 
     # What makes a run the same run (not where its checkpoint goes).
@@ -170,11 +171,8 @@ def run_once(
         tqdm.write(f"skip {label} seed {seed}: done ({path})", file=sys.stderr)
         return done
     start = time.time()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config also reads --key=value from sys.argv
-    try:
+    with without_command_line():
         result = run_recbole(model, dataset, config_file_list=config_file_list, config_dict=dict(settings))
-    finally:
-        sys.argv = argv
     record = {
         "model": label,
         "recbole_model": model,
@@ -196,18 +194,15 @@ def run_once(
 def _prepare_data(models, dataset, config_dict, config_file_list) -> None:
     """Build the LLM artefacts before any run, so baselines and LLM-ESR read the very same data files
     (for ml-100k the preparation writes a copy that later runs then prefer)."""
-    from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.config import LLMESRConfig, without_command_line
     from recbole_llmesr.prep.from_config import ensure_prepared
     from recbole_llmesr.registry import get_model
 
     for model in models:
         if getattr(get_model(model), "uses_llm_artifacts", False):
-            argv, sys.argv = sys.argv, sys.argv[:1]
-            try:
+            with without_command_line():
                 ensure_prepared(LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list,
                                              config_dict=dict(config_dict)))
-            finally:
-                sys.argv = argv
 
 
 def _mean_std(values: List[float]) -> Dict[str, float]:

@@ -1,5 +1,6 @@
 """RecBole ``Config`` that knows the plugin's models, property files and data folder."""
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -11,7 +12,7 @@ from recbole_llmesr.compat import apply_numpy_shim
 from recbole_llmesr.config_checks import RECBOLE_CONFIG_ERRORS, check_config, recbole_error, warn_unknown_keys
 from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.evaluation import add_group_metrics, paper_sample_num, register_metrics
-from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, cuda_device_index
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, cuda_device_index, gpu_ids
 from recbole_llmesr.prep.embedders.redact import redact_url
 from recbole_llmesr.prep.readers import ml100k_dir
 from recbole_llmesr.registry import get_model
@@ -32,6 +33,18 @@ def properties_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"recbole_llmesr's properties/ folder is missing beside {_PACKAGE_DIR}")
+
+
+@contextmanager
+def without_command_line() -> Iterator[None]:
+    """Within the block, RecBole's ``Config`` sees no command line: it reads every ``--key=value`` of
+    ``sys.argv`` and ranks it above ``config_dict``, so a tool's own flags would become settings and a run's
+    ``config_dict`` could be overridden."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 class LLMESRConfig(Config):
@@ -194,8 +207,8 @@ class LLMESRConfig(Config):
 
 
 def _gpu_list(gpu_id) -> str:
-    """``gpu_id`` as RecBole writes it to CUDA_VISIBLE_DEVICES (``--gpu_id=0,1`` arrives as a tuple)."""
-    return ",".join(map(str, gpu_id)) if isinstance(gpu_id, (list, tuple)) else str(gpu_id)
+    """``gpu_id`` as RecBole writes it to CUDA_VISIBLE_DEVICES."""
+    return ",".join(gpu_ids(gpu_id))
 
 
 def _single_device(cfg) -> torch.device:
@@ -207,7 +220,7 @@ def _single_device(cfg) -> torch.device:
         return device
     if not cfg.get("use_gpu", True):
         return torch.device("cpu")
-    ids = [i.strip() for i in str(cfg["gpu_id"]).split(",") if i.strip()]
+    ids = gpu_ids(cfg["gpu_id"])
     if ids and ids[0].isdigit() and torch.cuda.device_count() > len(ids) and int(ids[0]) < torch.cuda.device_count():
         return torch.device("cuda", int(ids[0]))
     return device

@@ -102,6 +102,13 @@ def check_flags(launch: Launch, nproc: int = 1, world_size: int = -1, ip: str = 
                           f"{'; '.join(conflicts)}. Leave these flags out (the launcher's options set them)")
 
 
+def gpu_ids(gpu_id: Union[str, Sequence]) -> List[str]:
+    """``gpu_id`` as a list of ids: RecBole's command-line parser turns ``--gpu_id=0,1`` into a tuple of ints,
+    YAML and config dicts give ``'0,1'``."""
+    raw = gpu_id if isinstance(gpu_id, (list, tuple)) else str(gpu_id).split(",")
+    return [str(s).strip() for s in raw if str(s).strip()]
+
+
 def cuda_device_index(local_rank: int, local_world_size: int, gpu_id: Union[str, Sequence], device_count: int) -> int:
     """The CUDA device of local process ``local_rank`` of ``local_world_size`` on a node showing
     ``device_count`` devices.
@@ -110,9 +117,7 @@ def cuda_device_index(local_rank: int, local_world_size: int, gpu_id: Union[str,
     (RecBole's default ``'0'``) local process k takes device k, or device 0 where each process sees only
     one (the launcher bound a GPU to each task, e.g. ``srun --gpus-per-task=1``).
     """
-    # RecBole's command-line parser turns --gpu_id=0,1 into a tuple of ints.
-    raw = gpu_id if isinstance(gpu_id, (list, tuple)) else str(gpu_id).split(",")
-    ids = [str(s).strip() for s in raw if str(s).strip()]
+    ids = gpu_ids(gpu_id)
     if len(ids) >= local_world_size:
         if not ids[local_rank].isdigit() or int(ids[local_rank]) >= device_count:
             raise LaunchError(f"gpu_id={','.join(ids)}: local process {local_rank} would use GPU {ids[local_rank]}, "

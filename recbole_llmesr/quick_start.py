@@ -140,7 +140,7 @@ def run_recbole(
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
-    _close_log_handlers()
+    close_log_handlers()
     return result
 
 
@@ -196,7 +196,7 @@ def run_recboles(rank: int, *args) -> None:
     run_recbole(*args[:3], **kwargs)
 
 
-def _close_log_handlers() -> None:
+def close_log_handlers() -> None:
     # init_logger adds a file handler per run; close them so repeated runs in one process (tests,
     # comparisons) neither leak file descriptors nor write into the previous run's log.
     root = logging.getLogger()

@@ -23,14 +23,14 @@ from tqdm import tqdm
 
 from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.fileio import atomic_write
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS
 from recbole_llmesr.prep import artifacts
 
 # Set by RecBole or at run time, not by the user: never fed back into the rebuilt configuration.
 _RUNTIME_KEYS = {
-    "model", "dataset", "device", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec", "local_rank",
-    "world_size", "nproc", "offset", "ip", "port", "launcher", "valid_neg_sample_args", "test_neg_sample_args",
-    "data_path", "checkpoint_dir", "config_files", "gpu_id", "use_gpu", "is_ddp", "model_class",
-    "train_neg_sample_args",
+    "model", "dataset", "device", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec",
+    "valid_neg_sample_args", "test_neg_sample_args", "data_path", "checkpoint_dir", "config_files", "gpu_id",
+    "use_gpu", "is_ddp", "model_class", "train_neg_sample_args", *LAUNCH_CONFIG_KEYS,
 }
 
 
@@ -114,7 +114,7 @@ class Recommender:
 
 
 def _rebuilt_config(saved: dict, data_path: Optional[str], overrides: Optional[dict]):
-    from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.config import LLMESRConfig, without_command_line
 
     settings = {k: v for k, v in saved.items() if k not in _RUNTIME_KEYS}
     # RecBole stores <root>/<dataset>; the config wants the root.
@@ -122,11 +122,8 @@ def _rebuilt_config(saved: dict, data_path: Optional[str], overrides: Optional[d
     # Serving needs neither the teacher (similar users) nor training-time evaluation settings.
     settings.update({"use_distillation": False, "show_progress": False, "state": "WARNING"})
     settings.update(overrides or {})
-    argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config would read our flags as settings
-    try:
+    with without_command_line():  # RecBole's Config would read our flags as settings
         return LLMESRConfig(model=saved["model"], dataset=saved["dataset"], config_dict=settings)
-    finally:
-        sys.argv = argv
 
 
 def load_recommender(checkpoint: str, data_path: Optional[str] = None, overrides: Optional[dict] = None) -> Recommender:

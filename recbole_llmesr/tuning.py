@@ -14,10 +14,9 @@ import math
 import os
 import re
 import sys
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
@@ -224,18 +223,6 @@ def output_paths(output_file) -> Tuple[Path, Path, Path]:
     return out, out.with_name(f"{out.stem}.best.yaml"), out.with_name(f"{out.name}.journal.jsonl")
 
 
-@contextmanager
-def _bare_argv() -> Iterator[None]:
-    # RecBole's Config reads --key=value from sys.argv and ranks it above config_dict: the trial's
-    # values must win, and run_hyper's own flags are no RecBole settings.
-    argv = sys.argv
-    sys.argv = argv[:1]
-    try:
-        yield
-    finally:
-        sys.argv = argv
-
-
 def search(model: str, dataset: str, params_file, config_file_list: Optional[List[str]] = None,
            overrides: Optional[Dict[str, Any]] = None, algo: str = "exhaustive", max_evals: Optional[int] = None,
            early_stop: int = DEFAULT_EARLY_STOP, output_file="hyper_example.result", fresh: bool = False,
@@ -244,7 +231,7 @@ def search(model: str, dataset: str, params_file, config_file_list: Optional[Lis
     ``config_dict={**overrides, **trial_params}``. ``max_evals``: trials in all, journal included (default
     :data:`DEFAULT_MAX_EVALS`; for ``exhaustive`` the whole grid). ``early_stop``: stop after this many
     trials without a better validation score (0: never)."""
-    from recbole_llmesr.config import LLMESRConfig
+    from recbole_llmesr.config import LLMESRConfig, without_command_line
     from recbole_llmesr.registry import get_model
 
     if tool.lower() != "hyperopt":
@@ -259,7 +246,7 @@ def search(model: str, dataset: str, params_file, config_file_list: Optional[Lis
     points = grid(space) if algo == "exhaustive" else None
     total = (max_evals or DEFAULT_MAX_EVALS) if points is None else min(len(points), max_evals or len(points))
     overrides = dict(overrides or {})
-    with _bare_argv():  # the settings as every trial sees them, checked before the first one trains
+    with without_command_line():  # the settings as every trial sees them, checked before the first one trains
         probe = LLMESRConfig(model=model, dataset=dataset, config_file_list=config_file_list,
                              config_dict={**overrides, **{p.name: p.first() for p in space}})
     metric, bigger = probe["valid_metric"].lower(), bool(probe["valid_metric_bigger"])
@@ -325,7 +312,8 @@ def _progress(trials: List[Trial], bigger: bool) -> Tuple[Optional[Trial], int]:
 
 
 def _run_trial(number, model, dataset, config_file_list, overrides, params, vals, finished) -> Trial:
-    from recbole_llmesr.quick_start import _close_log_handlers, run_recbole
+    from recbole_llmesr.config import without_command_line
+    from recbole_llmesr.quick_start import close_log_handlers, run_recbole
 
     same = next((t for t in finished if params_key(t.params) == params_key(params)), None)
     if same is not None:  # random/bayes drew a finished point again: its result stands, nothing retrains
@@ -333,11 +321,11 @@ def _run_trial(number, model, dataset, config_file_list, overrides, params, vals
                      vals=vals, reused=True)
     tqdm.write(f"trial {number}: {params}")
     try:
-        with _bare_argv():
+        with without_command_line():
             result = run_recbole(model=model, dataset=dataset, config_file_list=config_file_list,
                                  config_dict={**overrides, **params}, saved=True)
     except LLMESRError as err:  # a value the model or RecBole refuses: record it, search on
-        _close_log_handlers()
+        close_log_handlers()
         message = " ".join(str(err).split()) or type(err).__name__
         tqdm.write(f"trial {number} failed: {message}")
         return Trial(number, params, "failed", error=message, vals=vals)
