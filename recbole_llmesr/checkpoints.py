@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, MACHINE_KEYS
 from recbole_llmesr.errors import LLMESRError
 
 
@@ -29,9 +29,9 @@ class ResumeError(LLMESRError, ValueError):
 #: that globs for best models never pick it up.
 LAST_SUFFIX = ".last.pt"
 #: Settings that may differ between an interrupted run and its resumption without changing what is trained.
-RUN_ONLY_KEYS = {"resume", "epochs", "show_progress", "state", "gpu_id", "use_gpu", "device", "checkpoint_dir",
-                 "data_path", "eval_batch_size", "worker", "single_spec", "log_wandb", "config_files",
-                 "stopping_step", "extra_test_modes", *LAUNCH_CONFIG_KEYS}
+RUN_ONLY_KEYS = {*LAUNCH_CONFIG_KEYS, *MACHINE_KEYS, "device", "single_spec", "config_files", "resume", "epochs",
+                 "show_progress", "state", "eval_batch_size", "worker", "log_wandb", "stopping_step",
+                 "extra_test_modes"}
 
 
 def last_checkpoint_name(best_file: str) -> str:

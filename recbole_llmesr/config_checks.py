@@ -22,15 +22,11 @@ from typing import FrozenSet, Iterable, List, Optional, Tuple
 import yaml
 
 from recbole_llmesr.errors import LLMESRError
-from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, RECBOLE_DERIVED_KEYS
 from recbole_llmesr.model.options import ModelConfigError, choice, flag, number
 
 #: Keys that RecBole sets itself, and the command-line flags of ``run_recbole`` (RecBole reads them too).
-_DERIVED_KEYS = {
-    "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec",
-    "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger", "config_files", "group_offset",
-    *LAUNCH_CONFIG_KEYS,
-}
+_DERIVED_KEYS = {*RECBOLE_DERIVED_KEYS, "valid_metric_bigger", "group_offset", *LAUNCH_CONFIG_KEYS}
 _LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
 _EVAL_MODE = re.compile(r"^(full|(uni|pop|paper)\d+)$")
 _POSITIVE_INTS = ("MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "stopping_step", "hidden_size",

@@ -32,6 +32,11 @@ DEFAULT_IP = "localhost"
 DEFAULT_PORT = "5678"
 #: RecBole's config keys that a launch sets; they beat the command line (see ``LLMESRConfig``).
 LAUNCH_CONFIG_KEYS = ("launcher", "local_rank", "offset", "world_size", "nproc", "ip", "port")
+#: Keys RecBole's Config derives itself, never a user's setting.
+RECBOLE_DERIVED_KEYS = ("model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec",
+                        "valid_neg_sample_args", "test_neg_sample_args", "config_files")
+#: Keys that say where a run's files and devices are on its machine, not what it trains.
+MACHINE_KEYS = ("gpu_id", "use_gpu", "data_path", "checkpoint_dir")
 #: Port base of the SLURM fallback: below Linux's ephemeral range (32768+), so rarely taken by clients.
 SLURM_PORT_BASE = 15000
 

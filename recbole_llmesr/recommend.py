@@ -23,15 +23,12 @@ from tqdm import tqdm
 
 from recbole_llmesr.errors import LLMESRError
 from recbole_llmesr.fileio import atomic_write
-from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, MACHINE_KEYS, RECBOLE_DERIVED_KEYS
 from recbole_llmesr.prep import artifacts
 
 # Set by RecBole or at run time, not by the user: never fed back into the rebuilt configuration.
-_RUNTIME_KEYS = {
-    "model", "dataset", "device", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec",
-    "valid_neg_sample_args", "test_neg_sample_args", "data_path", "checkpoint_dir", "config_files", "gpu_id",
-    "use_gpu", "is_ddp", "model_class", "train_neg_sample_args", *LAUNCH_CONFIG_KEYS,
-}
+_RUNTIME_KEYS = {*RECBOLE_DERIVED_KEYS, *LAUNCH_CONFIG_KEYS, *MACHINE_KEYS, "is_ddp", "model_class",
+                 "train_neg_sample_args"}
 
 
 class RecommendError(LLMESRError, ValueError):
