@@ -15,7 +15,14 @@ in the training split, i.e. without each user's last two items):
 - ``norm``: mean norm of the bucket's item vectors per view;
 - ``mass``: the mean softmax probability the fused scores put on the bucket's items (all users, all items
   of the bucket), against ``share``: a bucket with more mass than share is favoured;
-- ``top10``: share of all top-10 slots that go to the bucket's items.
+- ``top10``: share of all top-10 slots that go to the bucket's items;
+- per scorer (the fused score and each view's half), over all users and items: the scores' standard deviation
+  (``score_std``: how much the half moves the fused score), the share of their variance that is a per-item
+  constant, the same for every user (``item_share``), and that constant's correlation with
+  log(1 + training count) (``item_pop_corr``): a popularity bias;
+- with ``--debias B ...``: NDCG@10 of the fused score minus ``B * log(1 + training count)`` for each B, an
+  inference-time popularity correction (does ranking rare items higher close the gap, or do they rank
+  badly among themselves too?).
 
 Writes a Markdown table per checkpoint to stdout (and ``--json`` if given).
 """
@@ -25,7 +32,7 @@ import argparse
 import json
 import math
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +54,7 @@ def _ndcg_at10(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int = 1024,
-             exclude_history: bool = False) -> Dict[str, object]:
+             exclude_history: bool = False, debias: Sequence[float] = ()) -> Dict[str, object]:
     from recbole_llmesr.model.dual_view import DualViewRecommender
     from recbole_llmesr.recommend import load_recommender
 
@@ -64,10 +71,13 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
     exclude_history = exclude_history or bool(getattr(model, "exclude_history", False))
     views = list(model.views) if dual else []
     scorers = ["fused"] + (views if len(views) > 1 else [])
-    ndcg = {s: np.zeros(n_buckets) for s in scorers}
+    corrected = {f"fused - {b:g} log(1+n)": b for b in debias}
+    ndcg = {s: np.zeros(n_buckets) for s in [*scorers, *corrected]}
+    log_prior = torch.log1p(torch.from_numpy(counts).float())
     share = np.zeros(n_buckets)
     mass = np.zeros(n_buckets)
     top10 = np.zeros(n_buckets)
+    moments = {s: [np.zeros(rec.n_items - 1), 0.0] for s in scorers}  # per-item score sums; sum of squares
     bucket_t = torch.from_numpy(bucket_of_item)
     with torch.no_grad():
         tables = model.view_tables() if dual else None
@@ -81,7 +91,8 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
                 per_view = _view_scores(rec, model, tables, batch, inputs)
             rows = torch.cat([torch.full((len(h),), i) for i, h in enumerate(inputs)])
             cols = torch.as_tensor(np.concatenate(inputs))
-            for name, scores in [("fused", fused), *per_view.items()]:
+            shifted = [(name, fused - b * log_prior) for name, b in corrected.items()]
+            for name, scores in [("fused", fused), *per_view.items(), *shifted]:
                 scores = scores.clone()
                 scores[:, 0] = -math.inf
                 if exclude_history:
@@ -93,6 +104,10 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
                     ).numpy()
                     top = scores.topk(10, dim=1).indices.reshape(-1)
                     top10 += np.bincount(bucket_of_item[top.numpy()], minlength=n_buckets)
+                if name in moments:
+                    raw = (fused if name == "fused" else per_view[name])[:, 1:].double()
+                    moments[name][0] += raw.sum(0).numpy()
+                    moments[name][1] += float((raw**2).sum())
                 gains = _ndcg_at10(scores, targets).numpy()
                 np.add.at(ndcg[name], bucket_of_item[targets.numpy()], gains)
             share += np.bincount(bucket_of_item[targets.numpy()], minlength=n_buckets)
@@ -105,6 +120,13 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
                     for b in range(n_buckets)
                 ]
     n_users = len(users)
+    log_count = np.log1p(counts[1:])
+    spread = {}
+    for name, (sums, squares) in moments.items():
+        item_mean = sums / n_users
+        variance = squares / (n_users * len(item_mean)) - item_mean.mean() ** 2
+        spread[name] = {"score_std": float(np.sqrt(variance)), "item_share": float(item_mean.var() / variance),
+                        "item_pop_corr": float(np.corrcoef(item_mean, log_count)[0, 1])}
     result = {
         "checkpoint": checkpoint,
         "exclude_history": exclude_history,
@@ -117,6 +139,7 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
         "mass": (mass / n_users).tolist(),
         "top10": (top10 / top10.sum()).tolist(),
         "norm": norms,
+        "spread": spread,
     }
     return result
 
@@ -139,6 +162,9 @@ def markdown(result: Dict[str, object]) -> str:
     lines = [f"### {result['model']} ({result['checkpoint']})", "",
              f"input items excluded from the ranking: {result['exclude_history']}", "",
              "overall NDCG@10: " + ", ".join(f"{s} {v:.4f}" for s, v in result["ndcg_overall"].items()), "",
+             "score spread: " + "; ".join(
+                 f"{s} std {v['score_std']:.3f}, per-item share {v['item_share']:.3f}, "
+                 f"per-item vs log count r = {v['item_pop_corr']:.3f}" for s, v in result["spread"].items()), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for b, name in enumerate(result["buckets"]):
         cells = [name, str(result["items"][b]), f"{result['share'][b]:.3f}",
@@ -156,13 +182,15 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--exclude_history", action="store_true",
                    help="rank only items outside the input (always so for models with exclude_history on)")
+    p.add_argument("--debias", type=float, nargs="*", default=[],
+                   help="also rank by the fused score minus B * log(1 + training count), for each B")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
     for path in args.checkpoint:
-        result = diagnose(path, args.data_path, exclude_history=args.exclude_history)
+        result = diagnose(path, args.data_path, exclude_history=args.exclude_history, debias=args.debias)
         print(markdown(result))
         results.append(result)
     if args.json:

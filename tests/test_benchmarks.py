@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import torch
 from pathlib import Path
 
 # benchmarks/ sits at the repository root, which is not on sys.path under pytest (tests/ has no __init__).
@@ -137,3 +138,30 @@ def test_convergence_smoke_and_history(tiny, tmp_path):
     assert "| online (official) |" in text and "train s to best" in text
     with pytest.raises(SystemExit, match="unknown variants"):
         convergence.main(args + ["--variants", "nope"])
+
+
+def test_tail_diagnosis_reports_each_half_and_its_spread(tiny):
+    from pathlib import Path
+
+    from benchmarks import tail_diagnosis
+    from recbole_llmesr.quick_start import run_recbole
+
+    run_recbole("LLMESR_SASRec", "tiny", config_dict={**tiny["config"], "epochs": 1})
+    ckpt = str(sorted(Path(tiny["config"]["checkpoint_dir"]).glob("LLMESR_SASRec-*.pth"))[-1])
+    (result,) = tail_diagnosis.main(["--checkpoint", ckpt, "--debias", "0", "0.5"])
+    assert set(result["spread"]) == {"fused", "collab", "semantic"}
+    assert set(result["ndcg"]) == {"fused", "collab", "semantic", "fused - 0 log(1+n)", "fused - 0.5 log(1+n)"}
+    assert result["ndcg"]["fused - 0 log(1+n)"] == result["ndcg"]["fused"]
+    assert abs(sum(result["share"]) - 1) < 1e-9
+    # The spread of the fused score, recomputed directly from the model's scores of every user.
+    from recbole_llmesr.recommend import load_recommender
+
+    rec = load_recommender(ckpt)
+    users = [u for u in range(1, len(rec.user_tokens)) if len(rec.histories[u]) >= 3]
+    with torch.no_grad():
+        scores = rec.scores(users, [rec.histories[u][:-1] for u in users])[:, 1:].double()
+    spread = result["spread"]["fused"]
+    assert abs(spread["score_std"] - scores.std(unbiased=False).item()) < 1e-6
+    item_mean = scores.mean(0)
+    assert abs(spread["item_share"] - (item_mean.var(unbiased=False) / scores.var(unbiased=False)).item()) < 1e-6
+    assert -1 <= spread["item_pop_corr"] <= 1
