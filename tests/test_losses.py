@@ -158,3 +158,55 @@ def test_id_dropout_needs_the_anchor(tiny):
     with torch.no_grad():
         first = model.view_tables()[0]
         assert torch.equal(first, model.view_tables()[0])  # no dropout at inference
+
+
+@pytest.mark.parametrize("block", [1, 4, None])
+@pytest.mark.parametrize("splits", [None, (3, 5)])
+def test_excluded_items_leave_the_softmax_but_the_target_stays(block, splits):
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(9, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    items = torch.randn(20, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.randint(20, (9,), generator=gen)
+    exclude = torch.randint(20, (9, 3), generator=gen)
+    exclude[0, 1] = targets[0]  # a target among its own excluded items is kept
+    ours = chunked_cross_entropy(h, items, targets, None, block, splits=splits, part_weight=0.5, exclude=exclude)
+    drop = torch.zeros(9, 20, dtype=torch.bool).scatter_(1, exclude, True)
+    drop[torch.arange(9), targets] = False
+
+    def masked_ce(logits):
+        return F.cross_entropy(logits.masked_fill(drop, float("-inf")), targets)
+
+    reference = masked_ce(h @ items.T)
+    if splits:
+        reference = reference + 0.5 * (masked_ce(h[:, :3] @ items[:, :3].T) + masked_ce(h[:, 3:] @ items[:, 3:].T))
+    assert torch.allclose(ours, reference, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(ours, [h, items]), torch.autograd.grad(reference, [h, items])):
+        assert torch.allclose(got, want, atol=1e-12)
+    with torch.no_grad():  # evaluation path: the same value
+        assert torch.allclose(chunked_cross_entropy(h, items, targets, None, block, splits, 0.5, exclude), reference)
+
+
+def test_semantic_mask_leaves_each_targets_nearest_items_out(tiny):
+    from recbole_llmesr.model.objectives import semantic_neighbours
+
+    settings = {**tiny["config"], "loss_type": "CE", "use_distillation": False}
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**settings, "semantic_mask_k": 3})
+    neighbours = model.objective.neighbours
+    llm = torch.nn.functional.normalize(model.llm_item_emb[1 : model.n_items], dim=1)
+    sims = llm @ llm.T
+    sims.fill_diagonal_(-2)
+    for item in (1, 7, model.n_items - 1):
+        expected = set((sims[item - 1].topk(3).indices + 1).tolist())
+        assert set(neighbours[item].tolist()) == expected and item not in expected
+    assert torch.equal(neighbours[0], torch.zeros(3, dtype=torch.long))
+    assert torch.equal(semantic_neighbours(model.llm_item_emb, model.n_items, 3, block=5), neighbours)
+    # The masked loss is lower than the full one: every excluded item took probability mass.
+    torch.manual_seed(0)
+    _, full, _ = build("LLMESR_SASRec", settings)
+    full.load_state_dict(model.state_dict())
+    model.eval(), full.eval()
+    batch = _batch(train)
+    with torch.no_grad():
+        assert model.calculate_loss(batch) < full.calculate_loss(batch)
+    with pytest.raises(ValueError, match="semantic_mask_k needs loss_type: CE"):
+        build("LLMESR_SASRec", {**settings, "semantic_mask_k": 3, "loss_type": "BCE"})
