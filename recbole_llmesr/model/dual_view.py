@@ -87,7 +87,7 @@ class DualViewRecommender(SequentialRecommender):
             )
             self.collab_to_semantic = CrossAttention(self.hidden_size, options.cross_attention_heads)
         counts = getattr(dataset, "item_counts", None)  # None when a saved model is rebuilt for serving
-        self.objective = build_objective(options, self.n_items, counts, [self.hidden_size] * len(self.views), llm)
+        self.objective = build_objective(options, self.n_items, counts, [self.hidden_size] * len(self.views))
         self.teacher = None
         if options.use_distillation:
             fields = (self.USER_ID, self.ITEM_SEQ, self.ITEM_SEQ_LEN)

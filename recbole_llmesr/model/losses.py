@@ -21,15 +21,14 @@ class _BlockwiseCE(torch.autograd.Function):
     """Mean CE of ``h @ items.T + bias`` against ``targets``; gradients formed block by block.
 
     With ``splits`` (column widths of the views in ``h`` and ``items``), the loss also counts, with weight
-    ``part_weight``, the CE of each view's own part of the score, ``h_v @ items_v.T + bias``. With
-    ``exclude`` (``[P, k]`` item rows per position), those items are left out of the position's softmax.
+    ``part_weight``, the CE of each view's own part of the score, ``h_v @ items_v.T + bias``.
 
     The forward pass already computes the gradients (the softmax is at hand there), so the backward pass
     only scales them: no logits are recomputed and none are stored.
     """
 
     @staticmethod
-    def forward(ctx, h, items, targets, bias, block, splits, part_weight, exclude):
+    def forward(ctx, h, items, targets, bias, block, splits, part_weight):
         n = h.size(0)
         acc = _accumulator(h.dtype)
         loss = h.new_zeros((), dtype=acc)
@@ -39,16 +38,15 @@ class _BlockwiseCE(torch.autograd.Function):
         columns = _column_slices(splits, h.size(1))
         for start in range(0, n, block):
             hb, tb = h[start : start + block], targets[start : start + block]
-            eb = None if exclude is None else exclude[start : start + block]
             picked = rows[: len(tb)]
             part_logits = [(hb[:, c] @ items[:, c].T).to(acc) for c in columns]
             logits = part_logits[0] if len(columns) == 1 else sum(part_logits)
-            block_loss, fused = _softmax_gradient_(logits, picked, tb, bias, eb)
+            block_loss, fused = _softmax_gradient_(logits, picked, tb, bias)
             loss += block_loss
             for c, part in zip(columns, part_logits):
                 grad = fused
                 if len(columns) > 1:
-                    part_loss, part_grad = _softmax_gradient_(part, picked, tb, bias, eb)
+                    part_loss, part_grad = _softmax_gradient_(part, picked, tb, bias)
                     loss += part_weight * part_loss
                     grad = fused + part_weight * part_grad
                 grad = grad.to(h.dtype)
@@ -62,7 +60,7 @@ class _BlockwiseCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_items = ctx.saved_tensors
         scale = grad_out / ctx.n
-        return grad_h * scale, grad_items * scale, None, None, None, None, None, None
+        return grad_h * scale, grad_items * scale, None, None, None, None, None
 
 
 def _column_slices(splits, width: int):
@@ -76,17 +74,14 @@ def _column_slices(splits, width: int):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def _softmax_gradient_(logits: torch.Tensor, picked: torch.Tensor, targets: torch.Tensor, bias, exclude=None):
-    """Summed CE of ``logits (+ bias)`` and its gradient ``softmax - onehot``, written over ``logits``;
-    the items in ``exclude`` (``[block, k]``) get no probability and no gradient.
+def _softmax_gradient_(logits: torch.Tensor, picked: torch.Tensor, targets: torch.Tensor, bias):
+    """Summed CE of ``logits (+ bias)`` and its gradient ``softmax - onehot``, written over ``logits``.
 
     In place: the ``[block, items]`` buffer is the largest tensor of the step, and each extra pass over it
     costs as much as a third of the matrix product.
     """
     if bias is not None:
         logits += bias
-    if exclude is not None:
-        _mask_(logits, picked, targets, exclude)
     target_logit = logits[picked, targets]
     top = logits.max(dim=1, keepdim=True).values
     probs = logits.sub_(top).exp_()
@@ -97,12 +92,6 @@ def _softmax_gradient_(logits: torch.Tensor, picked: torch.Tensor, targets: torc
     return loss, probs
 
 
-def _mask_(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor) -> None:
-    """Set the ``exclude`` columns of each row to -inf, except the row's own target."""
-    drop = exclude != targets.unsqueeze(1)
-    logits[rows.unsqueeze(1).expand_as(exclude)[drop], exclude[drop]] = float("-inf")
-
-
 def chunked_cross_entropy(
     h: torch.Tensor,
     items: torch.Tensor,
@@ -111,7 +100,6 @@ def chunked_cross_entropy(
     block: Optional[int] = None,
     splits: Optional[Sequence[int]] = None,
     part_weight: float = 0.0,
-    exclude: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the scores ``h @ items.T (+ bias)`` against ``targets``.
 
@@ -124,7 +112,6 @@ def chunked_cross_entropy(
         splits: widths of the views whose parts make up ``D``; with ``part_weight > 0`` each view's part of
             the score, ``h_v @ items_v.T``, is also trained as a ranker of its own.
         part_weight: weight of each view's own CE.
-        exclude: optional ``[P, k]`` rows of ``items`` left out of each position's softmax (its target never is).
 
     Equal to ``F.cross_entropy(h @ items.T + bias, targets)
     + part_weight * sum_v F.cross_entropy(h_v @ items_v.T + bias, targets)`` in value and gradients.
@@ -136,8 +123,8 @@ def chunked_cross_entropy(
         buffers = 1 if splits is None else 2 * len(splits) + 1
         block = max(1, DEFAULT_LOGIT_BUDGET // max(1, items.size(0) * buffers))
     if not torch.is_grad_enabled() or not (h.requires_grad or items.requires_grad):
-        return _plain_blockwise_loss(h, items, targets, bias, block, splits, part_weight, exclude)
-    return _BlockwiseCE.apply(h, items, targets, bias, block, splits, part_weight, exclude)
+        return _plain_blockwise_loss(h, items, targets, bias, block, splits, part_weight)
+    return _BlockwiseCE.apply(h, items, targets, bias, block, splits, part_weight)
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -146,7 +133,7 @@ def _accumulator(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.no_grad()
-def _plain_blockwise_loss(h, items, targets, bias, block, splits, part_weight, exclude) -> torch.Tensor:
+def _plain_blockwise_loss(h, items, targets, bias, block, splits, part_weight) -> torch.Tensor:
     acc = _accumulator(h.dtype)
     total = h.new_zeros((), dtype=acc)
     columns = _column_slices(splits, h.size(1))
@@ -157,9 +144,6 @@ def _plain_blockwise_loss(h, items, targets, bias, block, splits, part_weight, e
         for logits, weight in terms:
             if bias is not None:
                 logits = logits + bias
-            if exclude is not None:
-                logits = logits.clone()
-                _mask_(logits, torch.arange(len(tb), device=h.device), tb, exclude[start : start + block])
             total += weight * F.cross_entropy(logits, tb, reduction="sum")
     return total / h.size(0)
 

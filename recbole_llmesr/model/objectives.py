@@ -76,40 +76,20 @@ class Objective(nn.Module):
 
 class FullSoftmax(Objective):
     """CE over every real item ([PAD] is no candidate), optionally with each view's part also trained as a
-    ranker of its own (``view_loss_weight``) and with each target's semantic near-twins left out of its
-    softmax (``semantic_mask_k``, given their table ``neighbours``)."""
+    ranker of its own (``view_loss_weight``)."""
 
     whole_catalogue = True
 
-    def __init__(self, n_items, counts, options: DualViewOptions, view_widths: Sequence[int],
-                 neighbours: Optional[torch.Tensor] = None):
+    def __init__(self, n_items, counts, options: DualViewOptions, view_widths: Sequence[int]):
         super().__init__(n_items, counts, options)
         self.chunk_size = options.ce_chunk_size
         self.view_widths = list(view_widths)
         self.view_loss_weight = options.view_loss_weight
-        self.register_buffer("neighbours", neighbours, persistent=False)
 
     def forward(self, h, targets, items, negatives=None):
         bias = self.prior()
-        exclude = None if self.neighbours is None else self.neighbours[targets] - 1
         return chunked_cross_entropy(h, items[1:], targets - 1, None if bias is None else bias[1:], self.chunk_size,
-                                     splits=self.view_widths, part_weight=self.view_loss_weight, exclude=exclude)
-
-
-@torch.no_grad()
-def semantic_neighbours(llm: torch.Tensor, n_items: int, k: int, block: int = 2048) -> torch.Tensor:
-    """``[n_items, k]`` ids of each real item's k nearest other items by cosine of their LLM embeddings
-    (row 0, [PAD], is zeros). Exact, a block of items at a time: O(n_items^2) products, seconds for 100k items."""
-    if k >= n_items - 1:
-        raise ModelConfigError(f"semantic_mask_k ({k}) must be below the number of items ({n_items - 1})")
-    vectors = F.normalize(llm[1:n_items].float(), dim=1)
-    out = torch.zeros(n_items, k, dtype=torch.long, device=llm.device)
-    for start in range(0, len(vectors), block):
-        sims = vectors[start : start + block] @ vectors.T
-        own = torch.arange(start, start + len(sims), device=llm.device)
-        sims[torch.arange(len(sims), device=llm.device), own] = float("-inf")
-        out[1 + start : 1 + start + len(sims)] = sims.topk(k, dim=1).indices + 1
-    return out
+                                     splits=self.view_widths, part_weight=self.view_loss_weight)
 
 
 class SampledSoftmax(Objective):
@@ -197,13 +177,9 @@ class OneNegative(Objective):
 
 
 def build_objective(options: DualViewOptions, n_items: int, counts: Optional[torch.Tensor],
-                    view_widths: Sequence[int], llm: Optional[torch.Tensor] = None) -> Objective:
-    """The objective of ``options.loss_type``; ``llm``: the LLM item embeddings, for ``semantic_mask_k``."""
+                    view_widths: Sequence[int]) -> Objective:
     if options.loss_type == "CE":
-        neighbours = None
-        if options.semantic_mask_k and counts is not None:  # training only: a model rebuilt to serve skips it
-            neighbours = semantic_neighbours(llm, n_items, options.semantic_mask_k)
-        return FullSoftmax(n_items, counts, options, view_widths, neighbours)
+        return FullSoftmax(n_items, counts, options, view_widths)
     if options.loss_type == "SSM":
         return SampledSoftmax(n_items, counts, options)
     return OneNegative(n_items, counts, options)

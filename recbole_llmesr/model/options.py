@@ -76,7 +76,6 @@ class DualViewOptions:
     exclude_history: Union[str, bool]
     logit_adjustment: float
     view_loss_weight: float
-    semantic_mask_k: int
     ce_chunk_size: Optional[int]
     num_negatives: int
     negative_sampling: str
@@ -107,7 +106,6 @@ class DualViewOptions:
             exclude_history=choice(config, "exclude_history", ("auto", True, False)),
             logit_adjustment=number(config, "logit_adjustment", float, minimum=0),
             view_loss_weight=number(config, "view_loss_weight", float, minimum=0),
-            semantic_mask_k=number(config, "semantic_mask_k", int, minimum=0),
             ce_chunk_size=_optional(config, "ce_chunk_size", int, minimum=1),
             num_negatives=number(config, "num_negatives", int, minimum=1),
             negative_sampling=choice(config, "negative_sampling", NEGATIVE_SAMPLING),
@@ -131,8 +129,6 @@ class DualViewOptions:
                 f"logit_adjustment corrects a softmax (loss_type: CE or SSM); got loss_type: {self.loss_type}")
         if self.view_loss_weight and self.loss_type != "CE":
             raise ModelConfigError(f"view_loss_weight needs loss_type: CE; got loss_type: {self.loss_type}")
-        if self.semantic_mask_k and self.loss_type != "CE":
-            raise ModelConfigError(f"semantic_mask_k needs loss_type: CE; got loss_type: {self.loss_type}")
         if self.id_anchor and self.id_init != "pca":
             raise ModelConfigError("id_anchor keeps the PCA map of id_init: pca trainable; it needs id_init: pca")
         if self.id_dropout and not self.id_anchor:
@@ -147,8 +143,7 @@ class DualViewOptions:
 
     @property
     def needs_llm_embeddings(self) -> bool:
-        return (self.use_semantic_view or (self.use_collab_view and self.id_init == "pca")
-                or self.semantic_mask_k > 0)
+        return self.use_semantic_view or (self.use_collab_view and self.id_init == "pca")
 
     def excludes_history(self, repeat_share: Optional[float]) -> bool:
         """Whether full-sort scores hide the input's items, given the training split's repeat share.
