@@ -13,8 +13,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, MACHINE_KEYS
 from recbole_llmesr.errors import LLMESRError
+from recbole_llmesr.launch import LAUNCH_CONFIG_KEYS, MACHINE_KEYS
 
 
 class UnsafeCheckpointError(LLMESRError, RuntimeError):

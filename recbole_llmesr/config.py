@@ -163,7 +163,7 @@ class LLMESRConfig(Config):
         if distributed and not cfg.get("launcher") and cfg.get("use_gpu", True):
             # RecBole's nproc spawn path sets CUDA_VISIBLE_DEVICES=gpu_id, which CUDA reads only at its first call:
             # set it before torch.cuda.is_available() below makes that call.
-            os.environ["CUDA_VISIBLE_DEVICES"] = _gpu_list(cfg["gpu_id"])
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids(cfg["gpu_id"]))
         if distributed and not self._use_cuda():
             self._init_distributed("gloo", torch.device("cpu"))
         elif distributed and cfg.get("launcher"):
@@ -189,7 +189,7 @@ class LLMESRConfig(Config):
         """Join the process group over ``backend``: gloo on CPU (RecBole hard-codes NCCL and CUDA devices), or
         NCCL on the device :func:`~recbole_llmesr.launch.cuda_device_index` chose for a launched process."""
         cfg = self.final_config_dict
-        cfg["gpu_id"] = _gpu_list(cfg["gpu_id"])
+        cfg["gpu_id"] = ",".join(gpu_ids(cfg["gpu_id"]))  # as RecBole writes it to CUDA_VISIBLE_DEVICES
         rank = cfg["local_rank"] + cfg["offset"]
         torch.distributed.init_process_group(
             backend=backend, rank=rank, world_size=cfg["world_size"], init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
@@ -204,11 +204,6 @@ class LLMESRConfig(Config):
     def to_dict(self) -> dict:
         """The final configuration as plain Python data (safe for JSON and ``weights_only`` loading)."""
         return {k: _plain(v) for k, v in self.final_config_dict.items()}
-
-
-def _gpu_list(gpu_id) -> str:
-    """``gpu_id`` as RecBole writes it to CUDA_VISIBLE_DEVICES."""
-    return ",".join(gpu_ids(gpu_id))
 
 
 def _single_device(cfg) -> torch.device:

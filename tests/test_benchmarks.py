@@ -141,8 +141,6 @@ def test_convergence_smoke_and_history(tiny, tmp_path):
 
 
 def test_tail_diagnosis_reports_each_half_and_its_spread(tiny):
-    from pathlib import Path
-
     from benchmarks import tail_diagnosis
     from recbole_llmesr.quick_start import run_recbole
 

@@ -141,10 +141,6 @@ class DualViewOptions:
         """The views in scoring order: the collaborative half of a state comes first."""
         return tuple(v for v, on in (("collab", self.use_collab_view), ("semantic", self.use_semantic_view)) if on)
 
-    @property
-    def needs_llm_embeddings(self) -> bool:
-        return self.use_semantic_view or (self.use_collab_view and self.id_init == "pca")
-
     def excludes_history(self, repeat_share: Optional[float]) -> bool:
         """Whether full-sort scores hide the input's items, given the training split's repeat share.
 
