@@ -148,10 +148,11 @@ def _view_scores(rec, model, tables, batch, inputs) -> Dict[str, torch.Tensor]:
     """Each view's half of the fused score, ``<h_view, e_view>``."""
     interaction = rec.batch(batch, inputs)
     user = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], tables)
+    items = model.item_table(tables)  # as scored: with score_temperature each half is normalised
     width = model.hidden_size
     return {
-        view: user[:, i * width : (i + 1) * width] @ table[: rec.n_items].T
-        for i, (view, table) in enumerate(zip(model.views, tables))
+        view: user[:, i * width : (i + 1) * width] @ items[:, i * width : (i + 1) * width].T
+        for i, view in enumerate(model.views)
     }
 
 

@@ -326,15 +326,20 @@ def test_item_counts_are_the_training_split(mode, tiny):
     assert counts == {item: expected.get(item, 0) for item in counts}
 
 
+def _with_and_without(settings, **option):
+    """A model with ``option`` and one without, in eval mode with the same weights, and a training batch."""
+    _, model, (train, _, _) = build("LLMESR_SASRec", {**settings, **option})
+    _, plain, _ = build("LLMESR_SASRec", settings)
+    plain.load_state_dict(model.state_dict())
+    model.eval(), plain.eval()
+    return model, plain, train, _batch(train)
+
+
 def test_logit_adjustment_shifts_the_training_softmax_only(tiny):
     # Scores without the history mask, so that they are the training logits.
     settings = {**tiny["config"], "train_mode": "prefix", "loss_type": "CE", "use_distillation": False,
                 "exclude_history": False}
-    _, model, (train, _, _) = build("LLMESR_SASRec", {**settings, "logit_adjustment": 0.7})
-    _, plain, _ = build("LLMESR_SASRec", settings)
-    plain.load_state_dict(model.state_dict())
-    model.eval(), plain.eval()
-    batch = _batch(train)
+    model, plain, train, batch = _with_and_without(settings, logit_adjustment=0.7)
     with torch.no_grad():
         scores = model.full_sort_predict(batch)
         assert torch.equal(scores, plain.full_sort_predict(batch))  # inference ignores the prior
@@ -388,3 +393,50 @@ def test_exclude_history_auto_stays_off_when_users_repeat_items(tmp_path):
 
     _, model, (train, _, _) = build("LLMESR_SASRec", {**FAST, "data_path": str(tmp_path / "data")}, dataset="rep")
     assert train._dataset.repeat_share > 0.01 and not model.exclude_history
+
+
+def test_score_temperature_scores_each_view_by_cosine(tiny):
+    settings = {**tiny["config"], "train_mode": "prefix", "loss_type": "CE", "use_distillation": False,
+                "exclude_history": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
+    model, plain, _, batch = _with_and_without(settings, score_temperature=0.2)
+    with torch.no_grad():
+        user = plain.forward(batch["item_id_list"], batch["item_length"])
+        items = plain.item_table(plain.view_tables())
+        h = model.hidden_size
+        unit = torch.nn.functional.normalize
+        halves = [slice(v * h, (v + 1) * h) for v in range(len(model.views))]
+        expected = sum(unit(user[:, v], dim=1) @ unit(items[:, v], dim=1).T for v in halves) / 0.2
+        scores = model.full_sort_predict(batch)
+        assert torch.allclose(scores[:, 1:], expected[:, 1:], atol=1e-4)
+        assert not torch.allclose(plain.full_sort_predict(batch)[:, 1:], expected[:, 1:], atol=1e-2)
+        target_scores = scores.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1)
+        assert torch.allclose(model.predict(batch), target_scores, atol=1e-4)
+        loss = torch.nn.functional.cross_entropy(expected[:, 1:], batch["item_id"] - 1)
+        assert torch.allclose(model.calculate_loss(batch), loss, atol=1e-4)
+    # Sampled softmax builds only the batch's rows: the same scoring applies there.
+    _, ssm, _ = build("LLMESR_SASRec", {**settings, "loss_type": "SSM", "score_temperature": 0.2})
+    assert torch.isfinite(ssm.calculate_loss(batch))
+    with pytest.raises(ValueError, match="score_temperature"):
+        build("LLMESR_SASRec", {**settings, "score_temperature": 0})
+
+
+def test_cross_attention_residual_adds_the_fusion_to_each_views_own_input(tiny):
+    settings = {**tiny["config"], "use_distillation": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
+    _, residual, (train, _, _) = build("LLMESR_SASRec", {**settings, "cross_attention_residual": True})
+    _, separate, _ = build("LLMESR_SASRec", {**settings, "use_cross_attention": False})
+    _, paper, _ = build("LLMESR_SASRec", settings)
+    separate.load_state_dict(residual.state_dict(), strict=False)
+    paper.load_state_dict(residual.state_dict())
+    batch = _batch(train)
+    args = batch["item_id_list"], batch["item_length"]
+    for model in (residual, separate, paper):
+        model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(residual.forward(*args), paper.forward(*args), atol=1e-3)
+        # With the fusion's output projections at zero, the residual leaves each view's own input alone.
+        for fusion in (residual.semantic_to_collab, residual.collab_to_semantic):
+            fusion.attention.out.weight.zero_()
+            fusion.attention.out.bias.zero_()
+        assert torch.allclose(residual.forward(*args), separate.forward(*args), atol=1e-5)
+    with pytest.raises(ValueError, match="cross_attention_residual.*use_cross_attention: True"):
+        build("LLMESR_SASRec", {**settings, "cross_attention_residual": True, "use_cross_attention": False})

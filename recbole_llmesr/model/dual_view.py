@@ -4,6 +4,7 @@ A backbone binds to ``DualViewRecommender`` by building its encoder in ``build_e
 is not left-to-right, by overriding how training positions and the user position are chosen.
 """
 import copy
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -31,7 +32,7 @@ class DualViewRecommender(SequentialRecommender):
       (``id_anchor``: a trainable map of the LLM embedding plus a free residual).
     - Both views run through one shared encoder (or two), fused at sequence level by two
       cross-attention modules and at logit level by concatenation: the score is
-      ``<concat(h_collab, h_sem), concat(e_id, adapter(e_llm))>``.
+      ``<concat(h_collab, h_sem), concat(e_id, adapter(e_llm))>`` (``score_temperature``: each view's cosine / tau).
     - Self-distillation adds ``alpha * MSE(user, mean of similar users)`` with the similar users found
       offline from LLM user embeddings (``teacher.SimilarUserTeacher``).
     - Training objective: ``objectives`` (CE over all items, sampled softmax, or the paper's BCE).
@@ -203,10 +204,24 @@ class DualViewRecommender(SequentialRecommender):
 
     def item_table(self, tables: List[torch.Tensor]) -> torch.Tensor:
         """Scoring vectors of the real items ``[n_items, hidden * n_views]``."""
-        return torch.cat(tables, dim=-1)[: self.n_items]
+        return self.scoring(torch.cat(tables, dim=-1)[: self.n_items])
+
+    def scoring(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectors ``[..., hidden * n_views]`` as the score's dot product sees them.
+
+        With ``score_temperature`` each view's half is unit-normalised and scaled by ``1 / sqrt(tau)``, so the
+        score is ``sum over views of cos / tau``: every view weighs the same whatever its vectors' norms, and
+        no item gains rank from a long vector.
+        """
+        tau = self.options.score_temperature
+        if tau is None:
+            return x
+        halves = x.split(self.hidden_size, dim=-1)
+        return torch.cat([F.normalize(h, dim=-1) for h in halves], dim=-1) / math.sqrt(tau)
 
     def encode(self, item_seq: torch.Tensor, tables: List[torch.Tensor]) -> torch.Tensor:
-        """Hidden states ``[B, L, hidden * n_views]`` for every position (zeros after the batch's longest row)."""
+        """Hidden states ``[B, L, hidden * n_views]`` for every position (zeros after the batch's longest row),
+        as scored (``scoring``)."""
         # Sequences are left-aligned: columns after the longest one are padding in every row, and a row's
         # states do not depend on its padding, so they are not computed.
         length = item_seq.size(1)
@@ -217,8 +232,13 @@ class DualViewRecommender(SequentialRecommender):
         inputs = [self.encoders[v].prepare(F.embedding(item_seq, t), item_seq) for v, t in zip(self.views, tables)]
         if len(inputs) == 2 and self.options.use_cross_attention:
             collab, semantic = inputs
-            inputs = [self.semantic_to_collab(semantic, collab, mask), self.collab_to_semantic(collab, semantic, mask)]
-        hidden = torch.cat([self.encoders[v](x, item_seq, mask) for v, x in zip(self.views, inputs)], dim=-1)
+            fused = [self.semantic_to_collab(semantic, collab, mask), self.collab_to_semantic(collab, semantic, mask)]
+            if self.options.cross_attention_residual:
+                # The paper's fusion replaces each item's own vector by a blend of the sequence's items, so the
+                # encoder never sees the last item itself; the residual keeps it and adds the blend.
+                fused = [collab + fused[0], semantic + fused[1]]
+            inputs = fused
+        hidden = self.scoring(torch.cat([self.encoders[v](x, item_seq, mask) for v, x in zip(self.views, inputs)], -1))
         return F.pad(hidden, (0, 0, 0, length - width)) if width < length else hidden
 
     # ---- RecBole's interface ------------------------------------------------------------------
@@ -289,7 +309,8 @@ class DualViewRecommender(SequentialRecommender):
         )
         tables = self.view_tables(rows)
         return (
-            seq, targets, Negatives(neg, negatives.pos_offset, negatives.neg_offset), tables, torch.cat(tables, dim=-1)
+            seq, targets, Negatives(neg, negatives.pos_offset, negatives.neg_offset), tables,
+            self.scoring(torch.cat(tables, dim=-1)),
         )
 
     def _student(self, hidden, h, item_seq, item_seq_len, tables) -> torch.Tensor:

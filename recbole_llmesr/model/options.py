@@ -66,6 +66,7 @@ class DualViewOptions:
     use_collab_view: bool
     use_cross_attention: bool
     cross_attention_heads: int
+    cross_attention_residual: bool
     shared_encoder: bool
     leaky_attention: bool
     adapter_hidden_size: Optional[int]
@@ -76,6 +77,7 @@ class DualViewOptions:
     exclude_history: Union[str, bool]
     logit_adjustment: float
     view_loss_weight: float
+    score_temperature: Optional[float]
     ce_chunk_size: Optional[int]
     num_negatives: int
     negative_sampling: str
@@ -96,6 +98,7 @@ class DualViewOptions:
             use_collab_view=flag(config, "use_collab_view"),
             use_cross_attention=flag(config, "use_cross_attention"),
             cross_attention_heads=number(config, "cross_attention_heads", int, minimum=1),
+            cross_attention_residual=flag(config, "cross_attention_residual"),
             shared_encoder=flag(config, "shared_encoder"),
             leaky_attention=flag(config, "leaky_attention"),
             adapter_hidden_size=_optional(config, "adapter_hidden_size", int, minimum=1),
@@ -106,6 +109,7 @@ class DualViewOptions:
             exclude_history=choice(config, "exclude_history", ("auto", True, False)),
             logit_adjustment=number(config, "logit_adjustment", float, minimum=0),
             view_loss_weight=number(config, "view_loss_weight", float, minimum=0),
+            score_temperature=_optional(config, "score_temperature", float, minimum=1e-6),
             ce_chunk_size=_optional(config, "ce_chunk_size", int, minimum=1),
             num_negatives=number(config, "num_negatives", int, minimum=1),
             negative_sampling=choice(config, "negative_sampling", NEGATIVE_SAMPLING),
@@ -129,6 +133,9 @@ class DualViewOptions:
                 f"logit_adjustment corrects a softmax (loss_type: CE or SSM); got loss_type: {self.loss_type}")
         if self.view_loss_weight and self.loss_type != "CE":
             raise ModelConfigError(f"view_loss_weight needs loss_type: CE; got loss_type: {self.loss_type}")
+        if self.cross_attention_residual and not self.use_cross_attention:
+            raise ModelConfigError(
+                "cross_attention_residual is part of the cross-attention: it needs use_cross_attention: True")
         if self.id_anchor and self.id_init != "pca":
             raise ModelConfigError("id_anchor keeps the PCA map of id_init: pca trainable; it needs id_init: pca")
         if self.id_dropout and not self.id_anchor:
