@@ -81,6 +81,7 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
     bucket_t = torch.from_numpy(bucket_of_item)
     with torch.no_grad():
         tables = model.view_tables() if dual else None
+        items = model.item_table(tables) if dual else None  # as scored: score_temperature normalises each half
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
             inputs = [rec.histories[u][:-1] for u in batch]
@@ -88,7 +89,7 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
             fused = rec.scores(batch, inputs)
             per_view = {}
             if len(scorers) > 1:
-                per_view = _view_scores(rec, model, tables, batch, inputs)
+                per_view = _view_scores(rec, model, tables, items, batch, inputs)
             rows = torch.cat([torch.full((len(h),), i) for i, h in enumerate(inputs)])
             cols = torch.as_tensor(np.concatenate(inputs))
             shifted = [(name, fused - b * log_prior) for name, b in corrected.items()]
@@ -144,11 +145,10 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
     return result
 
 
-def _view_scores(rec, model, tables, batch, inputs) -> Dict[str, torch.Tensor]:
-    """Each view's half of the fused score, ``<h_view, e_view>``."""
+def _view_scores(rec, model, tables, items, batch, inputs) -> Dict[str, torch.Tensor]:
+    """Each view's half of the fused score, ``<h_view, e_view>``; ``items``: ``model.item_table(tables)``."""
     interaction = rec.batch(batch, inputs)
     user = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], tables)
-    items = model.item_table(tables)  # as scored: with score_temperature each half is normalised
     width = model.hidden_size
     return {
         view: user[:, i * width : (i + 1) * width] @ items[:, i * width : (i + 1) * width].T

@@ -232,12 +232,10 @@ class DualViewRecommender(SequentialRecommender):
         inputs = [self.encoders[v].prepare(F.embedding(item_seq, t), item_seq) for v, t in zip(self.views, tables)]
         if len(inputs) == 2 and self.options.use_cross_attention:
             collab, semantic = inputs
-            fused = [self.semantic_to_collab(semantic, collab, mask), self.collab_to_semantic(collab, semantic, mask)]
-            if self.options.cross_attention_residual:
-                # The paper's fusion replaces each item's own vector by a blend of the sequence's items, so the
-                # encoder never sees the last item itself; the residual keeps it and adds the blend.
-                fused = [collab + fused[0], semantic + fused[1]]
-            inputs = fused
+            blends = [self.semantic_to_collab(semantic, collab, mask), self.collab_to_semantic(collab, semantic, mask)]
+            # The paper's fusion replaces each item's own vector by a blend of the sequence's items, so the encoder
+            # never sees the last item itself; the residual keeps it and adds the blend.
+            inputs = [x + b for x, b in zip(inputs, blends)] if self.options.cross_attention_residual else blends
         hidden = self.scoring(torch.cat([self.encoders[v](x, item_seq, mask) for v, x in zip(self.views, inputs)], -1))
         return F.pad(hidden, (0, 0, 0, length - width)) if width < length else hidden
 
