@@ -413,9 +413,24 @@ def test_score_temperature_scores_each_view_by_cosine(tiny):
         assert torch.allclose(model.predict(batch), target_scores, atol=1e-4)
         loss = torch.nn.functional.cross_entropy(expected[:, 1:], batch["item_id"] - 1)
         assert torch.allclose(model.calculate_loss(batch), loss, atol=1e-4)
-    # Sampled softmax builds only the batch's rows: the same scoring applies there.
-    _, ssm, _ = build("LLMESR_SASRec", {**settings, "loss_type": "SSM", "score_temperature": 0.2})
-    assert torch.isfinite(ssm.calculate_loss(batch))
+    # Sampled softmax builds only the batch's rows: the same scoring applies there. With uniform negatives the
+    # logQ offsets are one constant, which the softmax drops.
+    _, ssm, _ = build("LLMESR_SASRec", {**settings, "loss_type": "SSM", "score_temperature": 0.2,
+                                        "num_negatives": 16, "negative_sampling": "uniform"})
+    ssm.eval()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        loss = ssm.calculate_loss(batch)
+        torch.manual_seed(7)
+        pool, _ = ssm.objective.pool(batch["item_id"])
+        user = ssm.forward(batch["item_id_list"], batch["item_length"])
+        items = ssm.item_table(ssm.view_tables())
+        assert torch.allclose(user.view(len(user), -1, h).norm(dim=-1), torch.full((1,), 0.2 ** -0.5), atol=1e-5)
+        targets = batch["item_id"]
+        pos = (user * items[targets]).sum(-1, keepdim=True)
+        neg = (user @ items[pool].T).masked_fill(pool.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        expected_ssm = -torch.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()
+        assert torch.allclose(loss, expected_ssm, atol=1e-4)
     with pytest.raises(ValueError, match="score_temperature"):
         build("LLMESR_SASRec", {**settings, "score_temperature": 0})
 
