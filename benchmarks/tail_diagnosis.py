@@ -93,8 +93,12 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
             rows = torch.cat([torch.full((len(h),), i) for i, h in enumerate(inputs)])
             cols = torch.as_tensor(np.concatenate(inputs))
             shifted = [(name, fused - b * log_prior) for name, b in corrected.items()]
+            for name, sums in moments.items():  # from the raw scores, before the masking below
+                raw = (fused if name == "fused" else per_view[name])[:, 1:].double()
+                sums[0] += raw.sum(0).numpy()
+                sums[1] += float((raw**2).sum())
+            # Every score tensor here is this batch's own, so it is masked in place.
             for name, scores in [("fused", fused), *per_view.items(), *shifted]:
-                scores = scores.clone()
                 scores[:, 0] = -math.inf
                 if exclude_history:
                     scores[rows, cols] = -math.inf
@@ -105,10 +109,6 @@ def diagnose(checkpoint: str, data_path: Optional[str] = None, batch_size: int =
                     ).numpy()
                     top = scores.topk(10, dim=1).indices.reshape(-1)
                     top10 += np.bincount(bucket_of_item[top.numpy()], minlength=n_buckets)
-                if name in moments:
-                    raw = (fused if name == "fused" else per_view[name])[:, 1:].double()
-                    moments[name][0] += raw.sum(0).numpy()
-                    moments[name][1] += float((raw**2).sum())
                 gains = _ndcg_at10(scores, targets).numpy()
                 np.add.at(ndcg[name], bucket_of_item[targets.numpy()], gains)
             share += np.bincount(bucket_of_item[targets.numpy()], minlength=n_buckets)
