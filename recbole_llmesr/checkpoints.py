@@ -34,6 +34,19 @@ RUN_ONLY_KEYS = {*LAUNCH_CONFIG_KEYS, *MACHINE_KEYS, "device", "single_spec", "c
                  "extra_test_modes"}
 
 
+#: LLMESR_* settings added with a default other than the behaviour before them, with the value that a
+#: checkpoint written before the key existed was trained with. A checkpoint's config holds every key it
+#: knew, so only the missing ones are filled in.
+KEYS_ADDED_LATER = {"cross_attention_residual": False}
+
+
+def trained_config(config: dict) -> dict:
+    """A checkpoint's config with :data:`KEYS_ADDED_LATER` filled in where an LLMESR_* checkpoint predates them."""
+    if not str(config.get("model", "")).startswith("LLMESR_"):
+        return dict(config)
+    return {**KEYS_ADDED_LATER, **config}
+
+
 def last_checkpoint_name(best_file: str) -> str:
     """The per-epoch checkpoint that goes with the best checkpoint ``best_file``."""
     stem = best_file[: -len(".pth")] if best_file.endswith(".pth") else best_file

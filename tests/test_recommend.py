@@ -69,6 +69,20 @@ def test_export_excludes_history_is_deterministic_and_calls_no_embedder(tiny, tm
     assert float(top["score"]) == pytest.approx(float(scores[rec.item_tokens.index(top["item_id"])]), abs=1e-5)
 
 
+def test_checkpoint_from_before_a_changed_default_keeps_its_setting(tiny, tmp_path):
+    # cross_attention_residual became True by default; a checkpoint written before the key existed was
+    # trained with the paper's fusion and must be served with it, not with today's default.
+    ckpt = _train("LLMESR_SASRec", {**tiny["config"], "epochs": 1, "cross_attention_residual": False})
+    old = torch.load(ckpt, weights_only=True)
+    del old["config"]["cross_attention_residual"]
+    torch.save(old, tmp_path / "old.pth")
+    assert recommend.load_recommender(str(ckpt)).model.options.cross_attention_residual is False
+    rec = recommend.load_recommender(str(tmp_path / "old.pth"))
+    assert rec.model.options.cross_attention_residual is False
+    users = rec.user_ids(["u1", "u3"])
+    assert torch.equal(rec.scores(users), recommend.load_recommender(str(ckpt)).scores(users))
+
+
 def test_cli_users_jsonl_and_clear_errors(tiny, tmp_path, capsys):
     ckpt = _train("LLMESR_SASRec", {**tiny["config"], "epochs": 1})
     out = tmp_path / "recs.jsonl"

@@ -162,3 +162,16 @@ def test_interrupted_runs_are_found_by_model_and_dataset(tiny, monkeypatch):
     folder = tiny["config"]["checkpoint_dir"]
     assert interrupted_runs(folder, "SASRec", "tiny") == [str(last)]
     assert interrupted_runs(folder, "SASRec", "ml-100k") == [] and interrupted_runs(folder, "GRU4Rec", "tiny") == []
+
+
+def test_resuming_a_checkpoint_from_before_a_changed_default_warns(tiny, monkeypatch, caplog):
+    # Written before cross_attention_residual existed (trained with the paper's fusion): today's default differs.
+    import logging
+
+    last = _interrupted(tiny, monkeypatch, model="LLMESR_SASRec")
+    state = torch.load(last, weights_only=True)
+    del state["config"]["cross_attention_residual"]
+    torch.save(state, last)
+    with caplog.at_level(logging.WARNING):
+        run_recbole("LLMESR_SASRec", "tiny", config_dict={**tiny["config"], "epochs": 3, "resume": str(last)})
+    assert "settings that differ from its run: cross_attention_residual" in caplog.text

@@ -31,7 +31,8 @@ class DualViewRecommender(SequentialRecommender):
     - Collaborative view: trainable ID embeddings, initialised by PCA of the LLM embeddings
       (``id_anchor``: a trainable map of the LLM embedding plus a free residual).
     - Both views run through one shared encoder (or two), fused at sequence level by two
-      cross-attention modules and at logit level by concatenation: the score is
+      cross-attention modules (added to each view's own input; ``cross_attention_residual: False``
+      replaces the input, as in the paper) and at logit level by concatenation: the score is
       ``<concat(h_collab, h_sem), concat(e_id, adapter(e_llm))>`` (``score_temperature``: each view's cosine / tau).
     - Self-distillation adds ``alpha * MSE(user, mean of similar users)`` with the similar users found
       offline from LLM user embeddings (``teacher.SimilarUserTeacher``).

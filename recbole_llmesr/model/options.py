@@ -133,9 +133,6 @@ class DualViewOptions:
                 f"logit_adjustment corrects a softmax (loss_type: CE or SSM); got loss_type: {self.loss_type}")
         if self.view_loss_weight and self.loss_type != "CE":
             raise ModelConfigError(f"view_loss_weight needs loss_type: CE; got loss_type: {self.loss_type}")
-        if self.cross_attention_residual and not self.use_cross_attention:
-            raise ModelConfigError(
-                "cross_attention_residual is part of the cross-attention: it needs use_cross_attention: True")
         if self.id_anchor and self.id_init != "pca":
             raise ModelConfigError("id_anchor keeps the PCA map of id_init: pca trainable; it needs id_init: pca")
         if self.id_dropout and not self.id_anchor:
