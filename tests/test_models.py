@@ -439,6 +439,8 @@ def test_cross_attention_residual_adds_the_fusion_to_each_views_own_input(tiny):
     settings = {**tiny["config"], "use_distillation": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
     _, residual, (train, _, _) = build("LLMESR_SASRec", settings)
     assert residual.options.cross_attention_residual  # the default
+    # ... but not for the bidirectional backbone, where it measured worse (properties/model/LLMESR_BERT4Rec.yaml).
+    assert not build("LLMESR_BERT4Rec", settings)[1].options.cross_attention_residual
     # Without cross-attention the residual has nothing to add to (the paper's "w/o CA" runs at the defaults).
     _, separate, _ = build("LLMESR_SASRec", {**settings, "use_cross_attention": False})
     _, paper, _ = build("LLMESR_SASRec", {**settings, "cross_attention_residual": False})
