@@ -40,10 +40,10 @@ RUN_ONLY_KEYS = {*LAUNCH_CONFIG_KEYS, *MACHINE_KEYS, "device", "single_spec", "c
 KEYS_ADDED_LATER = {"cross_attention_residual": False}
 
 
-def trained_config(config: dict) -> dict:
+def _trained_config(config: dict) -> dict:
     """A checkpoint's config with :data:`KEYS_ADDED_LATER` filled in where an LLMESR_* checkpoint predates them."""
     if not str(config.get("model", "")).startswith("LLMESR_"):
-        return dict(config)
+        return config
     return {**KEYS_ADDED_LATER, **config}
 
 
@@ -108,15 +108,19 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a clear error if it carries pickled objects."""
+    """Load a checkpoint with ``weights_only=True``; a clear error if it carries pickled objects. Its config
+    comes with :data:`KEYS_ADDED_LATER` filled in, so every reader sees the settings it was trained with."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"Refusing to load {path}: it contains pickled Python objects, not only tensors and plain data "
             f"(written by stock RecBole or tampered with). Retrain with recbole_llmesr, or load it yourself "
             f"with torch.load(weights_only=False) only if you trust where it came from. Detail: {err}"
         ) from err
+    if isinstance(state, dict) and isinstance(state.get("config"), dict):
+        state["config"] = _trained_config(state["config"])
+    return state
 
 
 def encode_plain(value):

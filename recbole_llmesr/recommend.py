@@ -111,10 +111,9 @@ class Recommender:
 
 
 def _rebuilt_config(saved: dict, data_path: Optional[str], overrides: Optional[dict]):
-    from recbole_llmesr.checkpoints import trained_config
     from recbole_llmesr.config import LLMESRConfig, without_command_line
 
-    settings = {k: v for k, v in trained_config(saved).items() if k not in _RUNTIME_KEYS}
+    settings = {k: v for k, v in saved.items() if k not in _RUNTIME_KEYS}
     # RecBole stores <root>/<dataset>; the config wants the root.
     settings["data_path"] = data_path or os.path.dirname(os.path.normpath(saved["data_path"]))
     # Serving needs neither the teacher (similar users) nor training-time evaluation settings.

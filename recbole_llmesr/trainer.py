@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recbole_llmesr.checkpoints import (
     RUN_ONLY_KEYS, ResumeError, decode_plain, encode_plain, last_checkpoint_name, load_checkpoint, rng_state,
-    set_rng_state, trained_config,
+    set_rng_state,
 )
 from recbole_llmesr.compat import disable_anomaly_mode
 from recbole_llmesr.fileio import atomic_write, stale_temporaries
@@ -212,7 +212,7 @@ class SafeCheckpointMixin:
         only; its later best models overwrite it, as in RecBole)."""
         resume_file = str(resume_file)
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
-        trained = trained_config(checkpoint.get("config") or {})
+        trained = checkpoint.get("config") or {}
         if str(trained.get("model", "")).lower() != str(self.config["model"]).lower():
             raise ResumeError(f"{resume_file} was trained with model {trained.get('model')}, not "
                               f"{self.config['model']}: resume it with --model={trained.get('model')}")

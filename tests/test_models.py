@@ -437,19 +437,15 @@ def test_score_temperature_scores_each_view_by_cosine(tiny):
 
 def test_cross_attention_residual_adds_the_fusion_to_each_views_own_input(tiny):
     settings = {**tiny["config"], "use_distillation": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
-    _, residual, (train, _, _) = build("LLMESR_SASRec", settings)
+    paper, residual, _, batch = _with_and_without(settings, cross_attention_residual=False)
     assert residual.options.cross_attention_residual  # the default
     # ... but not for the bidirectional backbone, where it measured worse (properties/model/LLMESR_BERT4Rec.yaml).
     assert not build("LLMESR_BERT4Rec", settings)[1].options.cross_attention_residual
     # Without cross-attention the residual has nothing to add to (the paper's "w/o CA" runs at the defaults).
     _, separate, _ = build("LLMESR_SASRec", {**settings, "use_cross_attention": False})
-    _, paper, _ = build("LLMESR_SASRec", {**settings, "cross_attention_residual": False})
     separate.load_state_dict(residual.state_dict(), strict=False)
-    paper.load_state_dict(residual.state_dict())
-    batch = _batch(train)
+    separate.eval()
     args = batch["item_id_list"], batch["item_length"]
-    for model in (residual, separate, paper):
-        model.eval()
     with torch.no_grad():
         assert not torch.allclose(residual.forward(*args), paper.forward(*args), atol=1e-3)
         # With the fusion's output projections at zero, the residual leaves each view's own input alone.
