@@ -133,9 +133,11 @@ class SafeCheckpointMixin:
         result = super().fit(*args, **kwargs)
         if self.config["save_rank_states"]:
             self._save_rank_state()
-        # Finished: the checkpoint for resuming has done its job, and resume=auto must not find this run.
+        # Finished: the checkpoint for resuming has done its job, and resume=auto must not find this run. A kill
+        # during an earlier write (of either checkpoint) leaves a temporary that nothing else removes.
         if self._is_rank0():
-            for path in [self.last_checkpoint_file, *stale_temporaries(self.last_checkpoint_file)]:
+            stale = [*stale_temporaries(self.last_checkpoint_file), *stale_temporaries(self.saved_model_file)]
+            for path in [self.last_checkpoint_file, *stale]:
                 if os.path.isfile(path):
                     os.unlink(path)
         return result
