@@ -88,6 +88,16 @@ def build(model: str, config_dict: dict, dataset: str = "tiny"):
     return config, get_model(model)(config, train._dataset), (train, valid, test)
 
 
+def write_checkpoint_without(checkpoint: Path, key: str, to: Path) -> Path:
+    """A copy of ``checkpoint`` whose stored config lacks ``key``, as a checkpoint written before the key existed."""
+    import torch
+
+    state = torch.load(checkpoint, weights_only=True)
+    del state["config"][key]
+    torch.save(state, to)
+    return to
+
+
 # ------------------------------------------------------------------------------------------ preparation
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):

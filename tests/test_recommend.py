@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, write_checkpoint_without
 
 from recbole_llmesr import recommend
 from recbole_llmesr.cli import recommend as recommend_cli
@@ -73,11 +73,9 @@ def test_checkpoint_from_before_a_changed_default_keeps_its_setting(tiny, tmp_pa
     # cross_attention_residual became True by default; a checkpoint written before the key existed was
     # trained with the paper's fusion and must be served with it, not with today's default.
     ckpt = _train("LLMESR_SASRec", {**tiny["config"], "epochs": 1, "cross_attention_residual": False})
-    old = torch.load(ckpt, weights_only=True)
-    del old["config"]["cross_attention_residual"]
-    torch.save(old, tmp_path / "old.pth")
+    old = write_checkpoint_without(ckpt, "cross_attention_residual", to=tmp_path / "old.pth")
     assert recommend.load_recommender(str(ckpt)).model.options.cross_attention_residual is False
-    rec = recommend.load_recommender(str(tmp_path / "old.pth"))
+    rec = recommend.load_recommender(str(old))
     assert rec.model.options.cross_attention_residual is False
     users = rec.user_ids(["u1", "u3"])
     assert torch.equal(rec.scores(users), recommend.load_recommender(str(ckpt)).scores(users))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_checkpoint_without
 from prep_helpers import run_recbole_cli_error
 
 from recbole_llmesr.quick_start import run_recbole
@@ -169,9 +170,7 @@ def test_resuming_a_checkpoint_from_before_a_changed_default_warns(tiny, monkeyp
     import logging
 
     last = _interrupted(tiny, monkeypatch, model="LLMESR_SASRec")
-    state = torch.load(last, weights_only=True)
-    del state["config"]["cross_attention_residual"]
-    torch.save(state, last)
+    write_checkpoint_without(last, "cross_attention_residual", to=last)
     with caplog.at_level(logging.WARNING):
         run_recbole("LLMESR_SASRec", "tiny", config_dict={**tiny["config"], "epochs": 3, "resume": str(last)})
     assert "settings that differ from its run: cross_attention_residual" in caplog.text
