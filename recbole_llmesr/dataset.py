@@ -46,7 +46,7 @@ class LLMESRDataset(SequentialDataset):
 
     @staticmethod
     def _needs_item_embeddings(config) -> bool:
-        return bool(config["use_semantic_view"]) or config["id_init"] == "pca"
+        return bool(config["use_semantic_view"]) or config["id_init"] == "pca" or bool(config["transition_weight"])
 
     def _load_sim_users(self, data_dir, name, manifest) -> torch.Tensor:
         path = artifacts.artifact_path(data_dir, name, artifacts.SIM_USERS)

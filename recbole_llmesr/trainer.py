@@ -131,6 +131,11 @@ class SafeCheckpointMixin:
         # *args: model-specific trainers (KG, pretraining, ...) take their own fit arguments.
         self._saving = kwargs.get("saved", True)
         result = super().fit(*args, **kwargs)
+        model = getattr(self.model, "module", self.model)  # DDP wraps it
+        grid = getattr(model, "transition_grid", None)
+        valid_data = args[1] if len(args) > 1 else kwargs.get("valid_data")
+        if grid and valid_data is not None:
+            result = self._choose_transition_weight(model, valid_data, grid)
         if self.config["save_rank_states"]:
             self._save_rank_state()
         # Finished: the checkpoint for resuming has done its job, and resume=auto must not find this run. A kill
@@ -141,6 +146,32 @@ class SafeCheckpointMixin:
                 if os.path.isfile(path):
                     os.unlink(path)
         return result
+
+    def _choose_transition_weight(self, model, valid_data, grid) -> tuple:
+        """``transition_weight: auto``: score the best model's validation split at each weight of ``grid`` and keep
+        the best (ties: the smaller), also in the best checkpoint's config, so that testing, serving and
+        ``llmesr-recommend`` use it. Training never sees the term, so no weight needs a model of its own."""
+        if self._saving and os.path.isfile(self.saved_model_file):  # the best epoch's weights, not the last's
+            checkpoint = load_checkpoint(self.saved_model_file, map_location=self.device)
+            model.load_state_dict(checkpoint["state_dict"])
+        bigger = self.config["valid_metric_bigger"]
+        scores = {}
+        for weight in grid:
+            model.transition_weight = weight
+            scores[weight] = super()._valid_epoch(valid_data)  # not a training validation: no history entry
+        best = max(grid, key=lambda w: ((scores[w][0] if bigger else -scores[w][0]), -w))
+        model.transition_weight = best
+        self.logger.info(
+            set_color("transition_weight: auto", "blue") + f": chosen {best:g} on validation "
+            f"{self.config['valid_metric']} (" + ", ".join(f"{w:g}: {s:.4f}" for w, (s, _) in scores.items()) + ")"
+        )
+        if self._saving and self._is_rank0() and os.path.isfile(self.saved_model_file):
+            state = load_checkpoint(self.saved_model_file)
+            state["config"]["transition_weight"] = best
+            state["transition_validation"] = {str(w): float(s) for w, (s, _) in scores.items()}
+            atomic_write(self.saved_model_file, lambda f: torch.save(state, f))
+        self.best_valid_score, self.best_valid_result = scores[best]
+        return scores[best]
 
     def _is_rank0(self) -> bool:
         """One process, or the DDP rank that writes files: global rank 0, not each node's local rank 0

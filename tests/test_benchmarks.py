@@ -163,3 +163,24 @@ def test_tail_diagnosis_reports_each_half_and_its_spread(tiny):
     item_mean = scores.mean(0)
     assert abs(spread["item_share"] - (item_mean.var(unbiased=False) / scores.var(unbiased=False)).item()) < 1e-6
     assert -1 <= spread["item_pop_corr"] <= 1
+
+
+def test_transition_sweep_scores_as_training_did_and_chooses_on_validation(tiny):
+    from benchmarks import transition_sweep
+    from recbole_llmesr.quick_start import run_recbole
+
+    # The plain backbone: trained without LLM item embeddings, which the sweep adds for the term.
+    plain = {"use_semantic_view": False, "id_init": "random", "use_distillation": False}
+    run = run_recbole("LLMESR_SASRec", "tiny", config_dict={**tiny["config"], **plain, "epochs": 2})
+    ckpt = str(sorted(Path(tiny["config"]["checkpoint_dir"]).glob("LLMESR_SASRec-*.pth"))[-1])
+    mode = tiny["config"].get("eval_args", {}).get("mode", "full")
+    (result,) = transition_sweep.main(["--checkpoint", ckpt, "--weights", "0", "3", "--test_modes", str(mode),
+                                       "--test_all"])
+    # w = 0 is the trained model as run_recbole selected and tested it.
+    assert result["validation"][0.0] == pytest.approx(run["best_valid_score"], abs=1e-4)
+    at_zero = result["test"][str(mode)][0.0]
+    assert at_zero["ndcg@10"] == pytest.approx(run["test_result"]["ndcg@10"], abs=1e-4)
+    assert result["test"][str(mode)][3.0] != at_zero
+    assert result["best_weight"] == max((0.0, 3.0), key=lambda w: (result["validation"][w], -w))
+    with pytest.raises(SystemExit):
+        transition_sweep.main(["--checkpoint", ckpt, "--weights", "-1"])

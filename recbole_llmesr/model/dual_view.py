@@ -37,6 +37,8 @@ class DualViewRecommender(SequentialRecommender):
     - Self-distillation adds ``alpha * MSE(user, mean of similar users)`` with the similar users found
       offline from LLM user embeddings (``teacher.SimilarUserTeacher``).
     - Training objective: ``objectives`` (CE over all items, sampled softmax, or the paper's BCE).
+    - ``transition_weight`` (not in the paper; inference only): scores get ``w * cos(e_llm(last input item),
+      e_llm(item))``, a content-based item-to-item term that ranks a rare item by its text (``transition_scores``).
     """
 
     input_type = InputType.POINTWISE
@@ -58,6 +60,12 @@ class DualViewRecommender(SequentialRecommender):
         self.train_mode = options.train_mode
         self.alpha = options.alpha
         self.exclude_history = options.excludes_history(getattr(dataset, "repeat_share", None))
+        # A plain float, not a parameter: the term is never trained, and a trained model's w may be retuned
+        # on validation (benchmarks/transition_sweep.py) without touching its checkpoint.
+        # auto: trained and validated without the term; the trainer then picks w from transition_grid.
+        auto = options.transition_weight == "auto"
+        self.transition_weight = 0.0 if auto else options.transition_weight
+        self.transition_grid = options.transition_grid if auto else None
         if options.leaky_attention:
             self.causal = False  # the official code's attention: every position sees the whole sequence
 
@@ -275,18 +283,41 @@ class DualViewRecommender(SequentialRecommender):
             self.teacher.record(user_ids, item_seq_len, student)
         return loss
 
+    def transition_scores(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor,
+                          candidates: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """``w * cos(e_llm(last input item), e_llm(item))`` for every real item ``[B, n_items]``, or for one
+        candidate per row ``[B]``; None when ``transition_weight`` is 0.
+
+        Why at inference only: trained into the scores, the ID view learns to cancel it, and rare items gain
+        nothing (Beauty, BENCHMARKS.md); added to a trained model's scores, it lifts them, because an ID vector
+        that saw an item a few times cannot say what follows it, and its text can. Read from the frozen buffer
+        at each call, so cold-start items get it too.
+        """
+        if not self.transition_weight:
+            return None
+        last = item_seq.gather(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        unit = F.normalize(self.llm_item_emb, dim=-1)
+        if candidates is None:
+            return self.transition_weight * (unit[last] @ unit[: self.n_items].T)
+        return self.transition_weight * (unit[last] * unit[candidates]).sum(-1)
+
     def predict(self, interaction):
         item_seq, candidates = interaction[self.ITEM_SEQ], interaction[self.ITEM_ID]
-        user = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN])
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        user = self.forward(item_seq, item_seq_len)
         scores = (user * self.item_table(self.view_tables())[candidates]).sum(-1)
+        transition = self.transition_scores(item_seq, item_seq_len, candidates)
+        scores = scores if transition is None else scores + transition.to(scores.dtype)
         if self.exclude_history:  # as in full_sort_predict, of which this is one column
             scores = scores.masked_fill((item_seq == candidates.unsqueeze(1)).any(1), float("-inf"))
         return scores
 
     def full_sort_predict(self, interaction):
         tables = self.view_tables()
-        item_seq = interaction[self.ITEM_SEQ]
-        scores = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], tables) @ self.item_table(tables).T
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        scores = self.forward(item_seq, item_seq_len, tables) @ self.item_table(tables).T
+        transition = self.transition_scores(item_seq, item_seq_len)
+        scores = scores if transition is None else scores + transition.to(scores.dtype)
         if self.exclude_history:
             # Users of this data never take an item twice: an item of the input cannot be next.
             scores = scores.scatter(1, item_seq, float("-inf"))

@@ -78,6 +78,8 @@ class DualViewOptions:
     logit_adjustment: float
     view_loss_weight: float
     score_temperature: Optional[float]
+    transition_weight: Union[str, float]
+    transition_grid: Tuple[float, ...]
     ce_chunk_size: Optional[int]
     num_negatives: int
     negative_sampling: str
@@ -110,6 +112,9 @@ class DualViewOptions:
             logit_adjustment=number(config, "logit_adjustment", float, minimum=0),
             view_loss_weight=number(config, "view_loss_weight", float, minimum=0),
             score_temperature=_optional(config, "score_temperature", float, minimum=1e-6),
+            transition_weight="auto" if config["transition_weight"] == "auto"
+            else number(config, "transition_weight", float, minimum=0),
+            transition_grid=_weights(config, "transition_grid"),
             ce_chunk_size=_optional(config, "ce_chunk_size", int, minimum=1),
             num_negatives=number(config, "num_negatives", int, minimum=1),
             negative_sampling=choice(config, "negative_sampling", NEGATIVE_SAMPLING),
@@ -153,6 +158,14 @@ class DualViewOptions:
         if self.exclude_history != "auto":
             return bool(self.exclude_history)
         return repeat_share is not None and repeat_share < REPEAT_SHARE_LIMIT
+
+
+def _weights(config, key: str) -> Tuple[float, ...]:
+    value = config[key]
+    if (not isinstance(value, (list, tuple)) or not value
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value)):
+        raise ModelConfigError(f"Config key '{key}' must be a non-empty list of numbers >= 0; got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _optional(config, key: str, kind, minimum=None):
