@@ -61,7 +61,8 @@ def sweep(checkpoint: str, weights: Sequence[float] = DEFAULT_WEIGHTS, test_mode
             _, _, data = split_dataset(config, create_dataset(config))
         tests[mode] = {w: at(w, data) for w in (weights if test_all else sorted({0.0, best}))}
     return {"checkpoint": checkpoint, "model": config["model"], "valid_metric": metric,
-            "valid_mode": _valid_mode(config["eval_args"]["mode"]), "validation": validation, "best_weight": best, "test": tests}
+            "valid_mode": _valid_mode(config["eval_args"]["mode"]), "validation": validation, "best_weight": best,
+            "test": tests}
 
 
 def _valid_mode(mode) -> str:
